@@ -1,0 +1,109 @@
+"""``nnunet-ras``: the plugin's command line, in nnU-Net's style (``-d``, ``-c``, ``-np`` ...)."""
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+
+def _check(args) -> int:
+    from nnunet_ras.installation import check_installation
+    findings = check_installation()
+    for f in findings:
+        if f.problem is None:
+            print(f"ok    {f.what}")
+        else:
+            print(f"FAIL  {f.problem}\n      fix: {f.fix}")
+    failed = sum(f.problem is not None for f in findings)
+    print("installation OK" if not failed else f"{failed} problem(s) found")
+    return 1 if failed else 0
+
+
+def _trainer_path(args) -> int:
+    from nnunet_ras.installation import trainer_path
+    print(trainer_path())
+    return 0
+
+
+def _plan_and_preprocess(args) -> int:
+    from nnunet_ras.preprocessing import plan_and_preprocess
+    np_per_config = args.np if args.np is not None else [{'2d': 8, '3d_lowres': 8}.get(c, 4) for c in args.c]
+    for d in args.d:
+        plan_and_preprocess(d, args.c, np_per_config, args.npfp, args.gpu_memory_target,
+                            args.overwrite_target_spacing, args.overwrite_plans_name, args.base_features,
+                            args.verify_dataset_integrity, args.clean, args.no_pp, args.verbose, not args.no_pbar)
+    return 0
+
+
+def _phantom(args) -> int:
+    from nnunetv2.paths import nnUNet_raw
+    from nnunet_ras.phantom import write_phantom_dataset
+    folder = write_phantom_dataset(args.o or str(nnUNet_raw), args.d, args.name, args.n, args.t, args.seed)
+    print(folder)
+    return 0
+
+
+def _demo(args) -> int:
+    from nnunet_ras.demo import run_demo
+    return run_demo(args.workdir, args.d, args.tr, args.min_dice)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='nnunet-ras', description=__doc__)
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    p = sub.add_parser('check', help='check the installation: nnU-Net folders, trainer lookup, torch/torchvision')
+    p.set_defaults(func=_check)
+
+    p = sub.add_parser('trainer-path', help='print the folder to put into nnUNet_extTrainer')
+    p.set_defaults(func=_trainer_path)
+
+    p = sub.add_parser('plan_and_preprocess', help="nnUNetv2_plan_and_preprocess with the RAS planner "
+                                                   "(writes the plans 'nnUNetRASPlans')")
+    p.add_argument('-d', nargs='+', type=int, required=True, help='dataset IDs')
+    p.add_argument('-c', nargs='+', default=['2d', '3d_fullres', '3d_lowres'], help='configurations to preprocess')
+    p.add_argument('-np', nargs='+', type=int, default=None, help='processes per configuration')
+    p.add_argument('-npfp', type=int, default=8, help='processes for fingerprint extraction')
+    p.add_argument('-gpu_memory_target', type=float, default=None, help='memory budget in GB (default 8)')
+    p.add_argument('-overwrite_target_spacing', nargs='+', type=float, default=None,
+                   help='target spacing for 3d_fullres in the transposed (slice axis first) order')
+    p.add_argument('-overwrite_plans_name', default='nnUNetRASPlans', help='plans identifier')
+    p.add_argument('-base_features', type=int, default=None, help='features of the first stage (default 32)')
+    p.add_argument('--verify_dataset_integrity', action='store_true')
+    p.add_argument('--clean', action='store_true', help='redo the fingerprint even if it exists')
+    p.add_argument('--no_pp', action='store_true', help='plan only, do not preprocess')
+    p.add_argument('--verbose', action='store_true')
+    p.add_argument('--no_pbar', action='store_true')
+    p.set_defaults(func=_plan_and_preprocess)
+
+    p = sub.add_parser('phantom', help='write the synthetic liver-tumour CT phantom data set (nnU-Net raw layout)')
+    p.add_argument('-d', type=int, default=501, help='dataset ID')
+    p.add_argument('-name', default='LiverPhantom')
+    p.add_argument('-n', type=int, default=16, help='training cases')
+    p.add_argument('-t', type=int, default=4, help='held-out test cases (imagesTs/labelsTs)')
+    p.add_argument('-seed', type=int, default=0)
+    p.add_argument('-o', default=None, help='raw folder (default: $nnUNet_raw)')
+    p.set_defaults(func=_phantom)
+
+    p = sub.add_parser('demo', help='phantom -> plan -> nnUNetv2_train -> nnUNetv2_predict -> tumour Dice')
+    p.add_argument('-workdir', default='demo_run', help='holds nnUNet_raw/preprocessed/results unless they are set')
+    p.add_argument('-d', type=int, default=501)
+    p.add_argument('-tr', default='nnUNetTrainerRAS_40epochs_25iters')
+    p.add_argument('-min_dice', type=float, default=0.5, help='fail if the mean tumour Dice is lower')
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except Exception as e:
+        from nnunet_ras.dataset_checks import DatasetError
+        if isinstance(e, DatasetError):
+            print(f"nnunet-ras: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The README's first command: phantom data -> RAS planner -> stock nnUNetv2_train / nnUNetv2_predict -> Dice.
+
+Everything after the planning runs through nnU-Net's own command-line tools, exactly as a user would run them.
+"""
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+import numpy as np
+import SimpleITK as sitk
+
+from nnunet_ras.installation import trainer_path
+from nnunet_ras.metrics import dice
+from nnunet_ras.phantom import LABELS
+
+NNUNET_FOLDERS = ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results')
+
+
+def nnunet_environment(workdir: str) -> Dict[str, str]:
+    """os.environ plus nnU-Net folders under ``workdir`` (where unset), the plugin's trainer folder and CPU-sized
+    data-augmentation workers."""
+    env = dict(os.environ)
+    for var in NNUNET_FOLDERS:
+        env.setdefault(var, os.path.abspath(os.path.join(workdir, var)))
+        os.makedirs(env[var], exist_ok=True)
+    ext = [p for p in env.get('nnUNet_extTrainer', '').split(os.pathsep) if p]
+    env['nnUNet_extTrainer'] = os.pathsep.join([trainer_path()] + [p for p in ext if p != trainer_path()])
+    env.setdefault('nnUNet_n_proc_DA', str(max(1, min(2, os.cpu_count() or 1))))
+    return env
+
+
+def run(cmd: List[str], env: Dict[str, str]) -> float:
+    """Runs a command with its output streamed; raises with the command line if it fails; returns seconds."""
+    print(f"\n$ {' '.join(cmd)}", flush=True)
+    start = time.time()
+    completed = subprocess.run(cmd, env=env)
+    if completed.returncode != 0:
+        raise RuntimeError(f"command failed with exit code {completed.returncode}: {' '.join(cmd)}")
+    return time.time() - start
+
+
+def tumour_dice_table(prediction_folder: str, reference_folder: str) -> Dict[str, Dict[str, float]]:
+    scores = {}
+    for name in sorted(os.listdir(reference_folder)):
+        if not name.endswith('.nii.gz'):
+            continue
+        reference = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(reference_folder, name)))
+        prediction = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(prediction_folder, name)))
+        scores[name[:-len('.nii.gz')]] = {label: dice(prediction, reference, value)
+                                          for label, value in LABELS.items() if value > 0}
+    return scores
+
+
+def run_demo(workdir: str = 'demo_run', dataset_id: int = 501, trainer: str = 'nnUNetTrainerRAS_40epochs_25iters',
+             min_tumour_dice: float = 0.5) -> int:
+    env = nnunet_environment(workdir)
+    os.environ.update(env)  # the in-process planner reads the same folders
+    timings = {}
+    from nnunet_ras.phantom import write_phantom_dataset
+    from nnunet_ras.preprocessing import plan_and_preprocess
+
+    start = time.time()
+    dataset_folder = write_phantom_dataset(env['nnUNet_raw'], dataset_id)
+    timings['phantom data set'] = time.time() - start
+    print(f"phantom data set: {dataset_folder}")
+
+    start = time.time()
+    # a CPU-sized plan: 16 base features and a small memory budget give a patch that trains in seconds per step
+    plans = plan_and_preprocess(dataset_id, ['3d_fullres'], [2], 2, gpu_memory_target_in_gb=1, base_features=16,
+                                clean=True, show_progress_bar=False)
+    timings['plan_and_preprocess (nnUNetPlannerRAS)'] = time.time() - start
+
+    dataset = os.path.basename(dataset_folder)
+    timings['nnUNetv2_train'] = run(['nnUNetv2_train', str(dataset_id), '3d_fullres', '0', '-tr', trainer,
+                                     '-p', plans, '-device', 'cpu'], env)
+    prediction_folder = os.path.join(workdir, 'predictions')
+    timings['nnUNetv2_predict'] = run(['nnUNetv2_predict', '-i', os.path.join(dataset_folder, 'imagesTs'),
+                                       '-o', prediction_folder, '-d', str(dataset_id), '-c', '3d_fullres',
+                                       '-tr', trainer, '-p', plans, '-f', '0', '-device', 'cpu'], env)
+
+    scores = tumour_dice_table(prediction_folder, os.path.join(dataset_folder, 'labelsTs'))
+    print(f"\nHeld-out cases of {dataset} ({trainer}, plans {plans}, fold 0):")
+    print(f"{'case':<16}{'liver Dice':>12}{'tumour Dice':>13}")
+    for case, s in scores.items():
+        print(f"{case:<16}{s['liver']:>12.3f}{s['tumour']:>13.3f}")
+    mean_tumour = float(np.mean([s['tumour'] for s in scores.values()]))
+    mean_liver = float(np.mean([s['liver'] for s in scores.values()]))
+    print(f"{'mean':<16}{mean_liver:>12.3f}{mean_tumour:>13.3f}")
+    print("\nwall time per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    if mean_tumour < min_tumour_dice:
+        print(f"FAILED: mean tumour Dice {mean_tumour:.3f} is below {min_tumour_dice}", file=sys.stderr)
+        return 1
+    print(f"OK: mean tumour Dice {mean_tumour:.3f} >= {min_tumour_dice}")
+    return 0

@@ -1,0 +1,3 @@
+from nnunet_ras.planning.planner import nnUNetPlannerRAS
+
+__all__ = ['nnUNetPlannerRAS']

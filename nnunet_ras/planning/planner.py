@@ -1,0 +1,90 @@
+"""nnUNetPlannerRAS: nnU-Net's experiment planner with the RAS paper's choices (SPEC section 1).
+
+* target spacing for CT: 1 mm in-plane and 3 mm between slices (the slice axis is the one with the coarsest median
+  spacing); other modalities keep nnU-Net's choice; ``overwrite_target_spacing`` wins over both;
+* the network is RAS U-Net, and patch and batch size are fitted to the memory budget with its own feature-map
+  estimate (``RASUNet.compute_conv_feature_map_size``);
+* CT channels are planned with ``NoNormalization`` and windowed inside the network (clip to [-150, 150] HU, scale to
+  [-1, 1]), so stock ``nnUNetv2_predict`` needs nothing from this package but the network class; other channels
+  keep nnU-Net's normalisation.
+
+Planners are looked up by name only inside nnunetv2, so run this one through ``nnunet-ras plan_and_preprocess`` (or
+``plan_experiment_dataset(..., nnUNetPlannerRAS)``).
+"""
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+from nnunet_ras.networks.ras_unet import RAS_KWARGS_REQUIRING_IMPORT, RAS_UNET_CLASS_NAME, RASUNet, \
+    ras_kwargs_from_plan
+
+CT_WINDOW_HU = (-150., 150.)
+CT_TARGET_SPACING_MM = (3., 1., 1.)  # (between slices, in-plane, in-plane)
+
+
+def is_ct_channel(channel_name: str) -> bool:
+    """nnU-Net's own rule: a channel named 'CT' (any case) gets CT handling."""
+    return channel_name.strip().casefold() == 'ct'
+
+
+class nnUNetPlannerRAS(ExperimentPlanner):
+    def __init__(self, dataset_name_or_id: Union[str, int],
+                 gpu_memory_target_in_gb: float = 8,
+                 preprocessor_name: str = 'DefaultPreprocessor', plans_name: str = 'nnUNetRASPlans',
+                 overwrite_target_spacing: Union[List[float], Tuple[float, ...]] = None,
+                 suppress_transpose: bool = False,
+                 ct_window: Optional[Sequence[float]] = CT_WINDOW_HU,
+                 encoder_dropout: float = 0.5,
+                 attention_reduction: int = 4):
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
+                         overwrite_target_spacing, suppress_transpose)
+        self.UNet_class = RASUNet
+        self.ct_window = ct_window
+        self.encoder_dropout = encoder_dropout
+        self.attention_reduction = attention_reduction
+
+    def _channel_names(self) -> List[str]:
+        return list(self.dataset_json['channel_names'].values())
+
+    def _has_ct(self) -> bool:
+        return any(is_ct_channel(c) for c in self._channel_names())
+
+    def determine_fullres_target_spacing(self) -> np.ndarray:
+        if self.overwrite_target_spacing is not None or not self._has_ct():
+            return super().determine_fullres_target_spacing()
+        median = np.median(np.vstack(self.dataset_fingerprint['spacings']), 0)
+        target = np.full(len(median), CT_TARGET_SPACING_MM[1])
+        target[int(np.argmax(median))] = CT_TARGET_SPACING_MM[0]
+        return target
+
+    def determine_normalization_scheme_and_whether_mask_is_used_for_norm(self) -> Tuple[List[str], List[bool]]:
+        schemes, use_mask = super().determine_normalization_scheme_and_whether_mask_is_used_for_norm()
+        if self.ct_window is None:
+            return schemes, use_mask
+        for i, name in enumerate(self._channel_names()):
+            if is_ct_channel(name):
+                schemes[i], use_mask[i] = 'NoNormalization', False
+        return schemes, use_mask
+
+    @staticmethod
+    def static_estimate_VRAM_usage(patch_size: Tuple[int], input_channels: int, output_channels: int,
+                                   arch_class_name: str, arch_kwargs: dict,
+                                   arch_kwargs_req_import: Tuple[str, ...]):
+        net = get_network_from_plans(RAS_UNET_CLASS_NAME, ras_kwargs_from_plan(arch_kwargs),
+                                     RAS_KWARGS_REQUIRING_IMPORT, input_channels, output_channels, allow_init=False)
+        return net.compute_conv_feature_map_size(patch_size)
+
+    def get_plans_for_configuration(self, spacing, median_shape, data_identifier: str,
+                                    approximate_n_voxels_dataset: float, _cache: dict) -> dict:
+        plan = super().get_plans_for_configuration(spacing, median_shape, data_identifier,
+                                                   approximate_n_voxels_dataset, _cache)
+        windows = [list(self.ct_window) if self.ct_window is not None and is_ct_channel(c) else None
+                   for c in self._channel_names()]
+        arch_kwargs = ras_kwargs_from_plan(plan['architecture']['arch_kwargs'])
+        arch_kwargs.update(encoder_dropout=self.encoder_dropout, attention_reduction=self.attention_reduction,
+                           intensity_window=windows if any(w is not None for w in windows) else None)
+        plan['architecture'] = {'network_class_name': RAS_UNET_CLASS_NAME, 'arch_kwargs': arch_kwargs,
+                                '_kw_requires_import': RAS_KWARGS_REQUIRING_IMPORT}
+        return plan
