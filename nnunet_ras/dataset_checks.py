@@ -2,6 +2,7 @@
 import os
 from typing import List
 
+import nibabel
 import numpy as np
 import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import load_json
@@ -12,21 +13,30 @@ class DatasetError(ValueError):
     """A raw data set that nnU-Net cannot plan; the message names the file and the problem."""
 
 
-def _header(path: str) -> sitk.ImageFileReader:
+def _read_header(path: str) -> sitk.ImageFileReader:
+    """Reads the geometry the way nnU-Net's SimpleITKIO does, and makes sure a NIfTI file's voxel data is complete.
+
+    SimpleITK reads a truncated .nii.gz without complaint (the missing voxels come back as zeros), so the voxel
+    data of NIfTI files is read to the end with nibabel, which does notice.
+    """
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     try:
         reader.ReadImageInformation()
-    except RuntimeError as e:
-        raise DatasetError(f"{path}: cannot be read as an image ({str(e).strip().splitlines()[-1]})") from None
+        if path.endswith(('.nii', '.nii.gz')):
+            np.asanyarray(nibabel.load(path).dataobj)
+    except (RuntimeError, OSError, EOFError, ValueError, nibabel.filebasedimages.ImageFileError) as e:
+        reason = [line for line in str(e).strip().splitlines() if line.strip()]
+        raise DatasetError(f"{path}: cannot be read as an image "
+                           f"({reason[-1].strip() if reason else type(e).__name__})") from None
     return reader
 
 
 def check_raw_dataset(raw_dataset_folder: str) -> List[str]:
     """Raises DatasetError on the first broken case; returns the case identifiers that passed.
 
-    Checks that dataset.json is readable and has what nnU-Net needs, and that every label has the size, spacing,
-    origin and direction of its images.
+    Checks that dataset.json is readable and has what nnU-Net needs, that every file reads to the end, and that
+    every label has the size, spacing, origin and direction of its images.
     """
     json_path = os.path.join(raw_dataset_folder, 'dataset.json')
     try:
@@ -44,9 +54,9 @@ def check_raw_dataset(raw_dataset_folder: str) -> List[str]:
         for path in files['images'] + [files['label']]:
             if not os.path.isfile(path):
                 raise DatasetError(f"case {case}: file {path} is missing")
-        label = _header(files['label'])
+        label = _read_header(files['label'])
         for image_path in files['images']:
-            image = _header(image_path)
+            image = _read_header(image_path)
             problems = [name for name, a, b in (
                 ('size', image.GetSize(), label.GetSize()),
                 ('spacing', image.GetSpacing(), label.GetSpacing()),

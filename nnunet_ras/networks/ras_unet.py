@@ -58,7 +58,7 @@ class RASEncoder(nn.Module):
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         size = 0
-        for stage, stride, features in zip(self.stages, self.strides, self.output_channels):
+        for stage, stride in zip(self.stages, self.strides):
             input_size = [i // s for i, s in zip(input_size, stride)]
             ras = next(m for m in stage if isinstance(m, RASConv))
             size += ras.compute_conv_feature_map_size(input_size)
@@ -67,18 +67,16 @@ class RASEncoder(nn.Module):
 
 class UpsampleHalving(nn.Module):
     """Up-sampling that halves the channels: a 1x1 conv at the coarse resolution, then nearest-neighbour
-    interpolation by the pooling stride. Same result as interpolating first, at a fraction of the compute, and with
-    1/8 of the weights of the 2x2x2 transposed conv nnU-Net's default decoder uses (the seed names the model's size
-    as its weakness)."""
+    interpolation to the skip's size. Same result as interpolating first, at a fraction of the compute, with 1/8 of
+    the weights of the 2x2x2 transposed conv of nnU-Net's default decoder (the seed names the model's size as its
+    weakness), and it accepts input sizes that the pooling strides do not divide."""
 
-    def __init__(self, conv_op: Type[_ConvNd], in_channels: int, out_channels: int, stride: Sequence[int],
-                 bias: bool = True):
+    def __init__(self, conv_op: Type[_ConvNd], in_channels: int, out_channels: int, bias: bool = True):
         super().__init__()
         self.project = conv_op(in_channels, out_channels, 1, bias=bias)
-        self.scale_factor = tuple(float(s) for s in stride)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.interpolate(self.project(x), scale_factor=self.scale_factor, mode='nearest')
+    def forward(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        return nn.functional.interpolate(self.project(x), size=tuple(size), mode='nearest')
 
 
 class RASDecoder(nn.Module):
@@ -98,8 +96,7 @@ class RASDecoder(nn.Module):
         upsamplers, stages, seg_layers = [], [], []
         for s in range(len(encoder.output_channels) - 1, 0, -1):
             below, skip = encoder.output_channels[s], encoder.output_channels[s - 1]
-            stride = encoder.strides[s]
-            upsamplers.append(UpsampleHalving(encoder.conv_op, below, skip, stride, conv_bias))
+            upsamplers.append(UpsampleHalving(encoder.conv_op, below, skip, conv_bias))
             stages.append(RASConv(encoder.conv_op, 2 * skip, skip, norm_op, norm_op_kwargs, nonlin, nonlin_kwargs,
                                   attention_reduction, conv_bias))
             seg_layers.append(encoder.conv_op(skip, num_classes, 1, 1, 0, bias=True))
@@ -111,7 +108,8 @@ class RASDecoder(nn.Module):
         x = skips[-1]
         outputs = []
         for s, (up, stage, seg) in enumerate(zip(self.upsamplers, self.stages, self.seg_layers)):
-            x = stage(torch.cat((up(x), skips[-(s + 2)]), 1))
+            skip = skips[-(s + 2)]
+            x = stage(torch.cat((up(x, skip.shape[2:]), skip), 1))
             if self.deep_supervision or s == len(self.stages) - 1:
                 outputs.append(seg(x))
         outputs = outputs[::-1]

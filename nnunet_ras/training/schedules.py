@@ -26,6 +26,16 @@ class nnUNetTrainerRAS_1epoch_5iters(ShortSchedule, nnUNetTrainerRAS):
     epochs, iterations = 1, 5
 
 
+class nnUNetTrainerRAS_2epochs_5iters(ShortSchedule, nnUNetTrainerRAS):
+    """Smoke-test schedule that checkpoints every epoch, so that a stopped run can be continued with --c."""
+    epochs, iterations = 2, 5
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.save_every = 1
+
+
 class nnUNetTrainerRAS_DiceCE_1epoch_5iters(ShortSchedule, nnUNetTrainerRAS_DiceCE):
     epochs, iterations = 1, 5
 
@@ -38,3 +48,7 @@ class nnUNetTrainer_1epoch_5iters(ShortSchedule, nnUNetTrainer):
 class nnUNetTrainerRAS_40epochs_25iters(ShortSchedule, nnUNetTrainerRAS):
     """The demo schedule: about ten minutes on two CPU cores for the phantom data set."""
     epochs, iterations = 40, 25
+
+
+class nnUNetTrainerRAS_20epochs_15iters(ShortSchedule, nnUNetTrainerRAS):
+    epochs, iterations = 20, 15

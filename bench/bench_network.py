@@ -1,0 +1,143 @@
+"""RAS U-Net against nnU-Net's default network built from the same plans: parameters, MACs per patch, CPU
+forward+backward time per training iteration and peak memory, measured side by side in one run.
+
+    python bench/bench_network.py [--repeats 5] [--out bench/results/network.json]
+
+Plans: nnU-Net's default ``nnUNetPlans`` (3d_fullres) of ../shared/data/Dataset004_Hippocampus and of the
+synthetic liver phantom (also with the RAS planner's own plans). Each measurement runs in a fresh process (clean
+peak-RSS reading); the two networks alternate A B A B ... so that machine noise hits both alike.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
+
+
+def _plans(workdir: str):
+    """Plans files of the benchmark data sets, made with nnU-Net's planners in a scratch folder."""
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset, \
+        plan_experiment_dataset
+    from nnunet_ras.phantom import write_phantom_dataset
+    from nnunet_ras.planning import nnUNetPlannerRAS
+
+    phantom_raw = os.path.join(workdir, 'raw')
+    write_phantom_dataset(phantom_raw, 501, num_train=8, num_test=0)
+    setups = [('Hippocampus', SHARED_DATA, 4, 'Dataset004_Hippocampus'),
+              ('Liver phantom', phantom_raw, 501, 'Dataset501_LiverPhantom')]
+    plans = []
+    for name, raw, dataset_id, folder in setups:
+        os.environ['nnUNet_raw'] = raw
+        os.environ['nnUNet_preprocessed'] = os.path.join(workdir, 'preprocessed')
+        extract_fingerprint_dataset(dataset_id, num_processes=2, clean=False, verbose=False,
+                                    show_progress_bar=False)
+        plan_experiment_dataset(dataset_id, ExperimentPlanner)
+        plans.append((f'{name}, nnUNetPlans', os.path.join(workdir, 'preprocessed', folder, 'nnUNetPlans.json'),
+                      os.path.join(raw, folder, 'dataset.json')))
+        if name == 'Liver phantom':
+            plan_experiment_dataset(dataset_id, nnUNetPlannerRAS)
+            plans.append((f'{name}, nnUNetRASPlans', os.path.join(workdir, 'preprocessed', folder,
+                                                                   'nnUNetRASPlans.json'),
+                          os.path.join(raw, folder, 'dataset.json')))
+    return plans
+
+
+def measure(plans_file: str, dataset_json: str, network: str, iterations: int) -> dict:
+    """Runs in a fresh process: builds one network from the plans, times forward+backward+step on CPU."""
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from torch.utils.flop_counter import FlopCounterMode
+    from nnunet_ras.training import nnUNetTrainerRAS
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    rss_baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    plans = PlansManager(load_json(plans_file))
+    config = plans.get_configuration('3d_fullres')
+    labels = plans.get_label_manager(load_json(dataset_json))
+    channels = len(load_json(dataset_json)['channel_names'])
+    trainer = nnUNetTrainerRAS if network == 'RAS U-Net' else nnUNetTrainer
+    if network != 'RAS U-Net' and 'RASUNet' in config.network_arch_class_name:
+        raise ValueError('the default network is measured on default plans only')
+    net = trainer.build_network_architecture(plans, config, channels, labels.num_segmentation_heads, True)
+    x = torch.randn(config.batch_size, channels, *config.patch_size)
+    optimizer = torch.optim.SGD(net.parameters(), 1e-2, momentum=0.99, nesterov=True)
+    with FlopCounterMode(display=False) as counter:
+        net(x[:1])
+    macs_per_patch = counter.get_total_flops() / 2
+
+    def step():
+        outputs = net(x)
+        sum(o.float().mean() for o in outputs).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()  # warm-up (allocator, kernel selection)
+    times = []
+    for _ in range(iterations):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return {'params': sum(p.numel() for p in net.parameters()), 'macs_per_patch': macs_per_patch,
+            'seconds_per_iteration': float(np.median(times)),
+            'peak_rss_mb': (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_baseline) / 1024,
+            'patch_size': list(config.patch_size), 'batch_size': config.batch_size}
+
+
+def _measure_in_subprocess(plans_file, dataset_json, network, iterations):
+    code = ('import json, sys; sys.path.insert(0, {root!r}); from bench.bench_network import measure; '
+            'print(json.dumps(measure({p!r}, {d!r}, {n!r}, {i})))').format(root=ROOT, p=plans_file, d=dataset_json,
+                                                                          n=network, i=iterations)
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--repeats', type=int, default=3, help='alternating rounds per network')
+    parser.add_argument('--iterations', type=int, default=3, help='timed iterations per round')
+    parser.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'network.json'))
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for name, plans_file, dataset_json in _plans(workdir):
+            networks = ['RAS U-Net'] if 'RASPlans' in name else ['nnU-Net default', 'RAS U-Net']
+            runs = {n: [] for n in networks}
+            for _ in range(args.repeats):
+                for n in networks:
+                    runs[n].append(_measure_in_subprocess(plans_file, dataset_json, n, args.iterations))
+            for n in networks:
+                result = dict(runs[n][0])
+                result['seconds_per_iteration'] = float(np.median([r['seconds_per_iteration'] for r in runs[n]]))
+                result['peak_rss_mb'] = float(np.median([r['peak_rss_mb'] for r in runs[n]]))
+                rows.append({'plans': name, 'network': n, **result})
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(rows, f, indent=2)
+    print(f"\nCPU: {os.cpu_count()} threads, torch forward+backward+SGD step, median of {args.repeats} alternating "
+          f"rounds x {args.iterations} iterations\n")
+    print('| plans | network | patch x batch | parameters | GMACs / patch | s / iteration | peak memory MB |'
+          ' params vs default | time vs default |')
+    print('|---|---|---|---|---|---|---|---|---|')
+    for row in rows:
+        default = next((r for r in rows if r['plans'] == row['plans'] and r['network'] == 'nnU-Net default'), None)
+        ratio = (f"{row['params'] / default['params']:.2f}x", f"{row['seconds_per_iteration'] / default['seconds_per_iteration']:.2f}x") \
+            if default else ('-', '-')
+        print(f"| {row['plans']} | {row['network']} | {'x'.join(map(str, row['patch_size']))} x {row['batch_size']} | "
+              f"{row['params'] / 1e6:.2f} M | {row['macs_per_patch'] / 1e9:.1f} | {row['seconds_per_iteration']:.2f} | "
+              f"{row['peak_rss_mb']:.0f} | {ratio[0]} | {ratio[1]} |")
+
+
+if __name__ == '__main__':
+    main()
