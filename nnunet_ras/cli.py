@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('-tr', default='nnUNetTrainerRAS_40epochs_25iters')
     p.add_argument('-min_dice', type=float, default=0.5, help='fail if the mean tumour Dice is lower')
     p.set_defaults(func=_demo)
+
+    from nnunet_ras.dicom.cli import add_dicom_commands
+    add_dicom_commands(sub)
     return parser
 
 

@@ -1,0 +1,128 @@
+"""``nnunet-ras predict`` with a real (tiny) trained model on a DICOM CT series and on NIfTI.
+
+The model is trained in the fixture with the stock commands (1 epoch of 5 iterations on CPU), so its predictions
+are poor; what is tested is the plumbing: references to the source series, identity copied, ROIs readable by
+rt-utils, margins nested, ensembling, files complete.
+"""
+import glob
+import json
+import os
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from conftest import TINY
+from rt_utils import RTStructBuilder
+
+from nnunet_ras.dicom.phantom import write_phantom_patients
+from nnunet_ras.dicom.rtstruct import read_rtstruct
+from nnunet_ras.dicom.seg import read_dicom_seg
+from nnunet_ras.dicom.series import read_ct_series
+
+TRAINER = 'nnUNetTrainerRAS_1epoch_5iters'
+
+
+@pytest.fixture(scope='module')
+def trained(tiny_phantom):
+    """(workspace, model folder) of a model trained on the tiny phantom, fold 0."""
+    ws = tiny_phantom
+    ws.run(['nnUNetv2_plan_and_preprocess', '-d', '990', '-c', '3d_fullres', '-np', '1', '-npfp', '1'],
+           step='nnUNetv2_plan_and_preprocess (DICOM predict fixture)')
+    ws.run(['nnUNetv2_train', '990', '3d_fullres', '0', '-tr', TRAINER, '-device', 'cpu'],
+           step=f'nnUNetv2_train {TRAINER} fold 0 (DICOM predict fixture)')
+    model = ws.path('nnUNet_results', 'Dataset990_TinyPhantom', f'{TRAINER}__nnUNetPlans__3d_fullres')
+    assert os.path.isfile(os.path.join(model, 'fold_0', 'checkpoint_final.pth'))
+    return ws, model
+
+
+def _predict(ws, model_args, input_path, output):
+    return ws.run(['nnunet-ras', 'predict', '-i', input_path, '-o', output, *model_args, '-f', '0',
+                   '-device', 'cpu', '--disable_tta', '--roi_names', 'tumour=GTV', 'liver=Liver',
+                   '--roi_colors', 'GTV=200,0,0', '--margin', 'CTV=GTV+5@Liver', 'PTV=CTV+5,5,7'],
+                  step='nnunet-ras predict')
+
+
+def test_predict_on_dicom_writes_rtstruct_and_seg_referencing_the_source(trained, tmp_path):
+    ws, model = trained
+    patient = write_phantom_patients(str(tmp_path / 'dicom'), 1, seed=7, with_rtstruct=False, geometry=TINY)[0]
+    ct_folder = os.path.join(patient, 'CT')
+    out = str(tmp_path / 'out')
+    result = _predict(ws, ['-m', model], ct_folder, out)
+    assert 'PTV' in result.stdout and 'cc' in result.stdout
+
+    series = read_ct_series(ct_folder)
+    rtstruct_path = os.path.join(out, 'CT_RTSTRUCT.dcm')
+    ds = pydicom.dcmread(rtstruct_path)
+    assert ds.Modality == 'RTSTRUCT'
+    assert (ds.PatientID, ds.PatientName, ds.StudyInstanceUID) == \
+        (series.patient_id, series.first.PatientName, series.study_uid)
+    frame = ds.ReferencedFrameOfReferenceSequence[0]
+    assert frame.FrameOfReferenceUID == series.frame_of_reference_uid
+    study = frame.RTReferencedStudySequence[0]
+    assert study.ReferencedSOPInstanceUID == series.study_uid
+    assert study.RTReferencedSeriesSequence[0].SeriesInstanceUID == series.series_uid
+    assert ds.SeriesInstanceUID != series.series_uid  # a new series of its own
+    assert {c.ReferencedSOPInstanceUID for c in study.RTReferencedSeriesSequence[0].ContourImageSequence} == \
+        {h.SOPInstanceUID for h in series.headers}
+    names = [r.ROIName for r in ds.StructureSetROISequence]
+    assert names == ['Liver', 'GTV', 'CTV', 'PTV']
+    types = {str(o.ReferencedROINumber): o.RTROIInterpretedType for o in ds.RTROIObservationsSequence}
+    assert [types[str(r.ROINumber)] for r in ds.StructureSetROISequence] == ['ORGAN', 'GTV', 'CTV', 'PTV']
+    colours = {str(c.ReferencedROINumber): [int(v) for v in c.ROIDisplayColor] for c in ds.ROIContourSequence}
+    assert colours[str(names.index('GTV') + 1)] == [200, 0, 0]
+
+    # rt-utils reads it back on the CT folder, and the structures are nested: GTV in CTV in PTV
+    rt = RTStructBuilder.create_from(ct_folder, rtstruct_path)
+    assert rt.get_roi_names() == names
+    masks = {name: read_rtstruct(rtstruct_path, series).mask(name) for name in names}
+    report = json.load(open(os.path.join(out, 'CT_report.json')))
+    volumes = report['volumes_cc']
+    print(f"\nvolumes predicted by the 5-iteration model (cc): {volumes}")
+    assert volumes['GTV'] <= volumes['CTV'] <= volumes['PTV']
+    assert (masks['CTV'] >= masks['GTV']).all() and (masks['PTV'] >= masks['CTV']).all()
+    if volumes['GTV'] > 0:  # a 5-iteration model may find no tumour; then the margins are empty too
+        assert volumes['GTV'] < volumes['PTV']
+
+    seg = pydicom.dcmread(os.path.join(out, 'CT_SEG.dcm')) if volumes['PTV'] or volumes['Liver'] else None
+    if seg is not None:
+        assert (seg.PatientID, seg.StudyInstanceUID, seg.FrameOfReferenceUID) == \
+            (series.patient_id, series.study_uid, series.frame_of_reference_uid)
+        assert set(read_dicom_seg(os.path.join(out, 'CT_SEG.dcm'), series)) == \
+            {name for name in names if volumes[name] > 0}
+
+    label = sitk.ReadImage(os.path.join(out, 'CT.nii.gz'))
+    assert label.GetSize() == series.image.GetSize()
+    assert np.allclose(label.GetOrigin(), series.image.GetOrigin())
+    assert not glob.glob(os.path.join(out, '*.part*'))
+
+
+def test_predict_on_nifti_and_ensemble_of_two_models(trained, tmp_path):
+    ws, model = trained
+    image = sorted(glob.glob(ws.path('nnUNet_raw', 'Dataset990_TinyPhantom', 'imagesTs', '*_0000.nii.gz')))[0]
+    case = os.path.basename(image)[:-len('_0000.nii.gz')]
+    single, ensemble = str(tmp_path / 'single'), str(tmp_path / 'ensemble')
+    _predict(ws, ['-m', model], image, single)
+    _predict(ws, ['-m', model, model], image, ensemble)  # the mean of two equal models is that model
+    for folder in (single, ensemble):
+        assert sorted(os.listdir(folder)) == sorted([f'{case}.nii.gz', f'{case}_CTV.nii.gz', f'{case}_PTV.nii.gz',
+                                                     f'{case}_report.json'])
+    a, b = (sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(f, f'{case}.nii.gz'))) for f in (single, ensemble))
+    assert np.array_equal(a, b)
+    assert sitk.ReadImage(os.path.join(single, f'{case}.nii.gz')).GetSize() == sitk.ReadImage(image).GetSize()
+
+
+def test_predict_refuses_models_of_other_label_sets(trained, tmp_path):
+    ws, model = trained
+    other = tmp_path / 'other_model'
+    os.makedirs(other / 'fold_0')
+    for name in ('plans.json', 'dataset.json'):
+        data = json.load(open(os.path.join(model, name)))
+        if name == 'dataset.json':
+            data['labels'] = {'background': 0, 'liver': 1}
+        json.dump(data, open(other / name, 'w'))
+    os.symlink(os.path.join(model, 'fold_0', 'checkpoint_final.pth'), other / 'fold_0' / 'checkpoint_final.pth')
+    image = sorted(glob.glob(ws.path('nnUNet_raw', 'Dataset990_TinyPhantom', 'imagesTs', '*_0000.nii.gz')))[0]
+    result = ws.run(['nnunet-ras', 'predict', '-i', image, '-o', str(tmp_path / 'out'), '-m', model, str(other),
+                     '-f', '0', '-device', 'cpu', '--disable_tta'], check=False)
+    assert result.returncode == 2 and 'only models of one label set can be ensembled' in result.stderr
