@@ -1,6 +1,5 @@
 """The DICOM subcommands of ``nnunet-ras``: dicom-info, dicom-to-dataset, predict, dicom-phantom."""
 import argparse
-import os
 
 from nnunet_ras.dicom import DicomError
 
@@ -59,9 +58,8 @@ def _model_folders(args) -> list:
         return args.m
     if args.d is None:
         raise DicomError("give the model as -m MODEL_FOLDER [MODEL_FOLDER ...] or as -d DATASET [-tr -c -p]")
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.file_path_utilities import get_output_folder
-    return [get_output_folder(maybe_convert_to_dataset_name(args.d), args.tr, args.p, args.c)]
+    return [get_output_folder(args.d, args.tr, args.p, args.c)]
 
 
 def _predict(args) -> int:
