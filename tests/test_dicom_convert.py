@@ -13,7 +13,7 @@ from nnunet_ras.dicom.rtstruct import Roi, read_rtstruct, write_rtstruct
 from nnunet_ras.dicom.series import read_ct_series
 from nnunet_ras.phantom import PhantomGeometry
 
-GEOMETRY = PhantomGeometry(shape_zyx=(12, 40, 40), spacing_zyx=(3.0, 0.8, 0.8))
+GEOMETRY = PhantomGeometry()  # the size the phantom's liver and tumours are made for
 LABELS = ['liver=Liver,LIVER', 'gtv=GTV,gtv_1']
 
 
@@ -21,7 +21,7 @@ def _patients(folder) -> list:
     """Six phantom patients; 0 and 1 convert, the others each carry one problem."""
     patients = write_phantom_patients(str(folder), 6, seed=0, geometry=GEOMETRY)
     # 0: a second CT series in the folder; the RTSTRUCT says which one was contoured
-    other = sitk.GetImageFromArray(np.zeros((4, 40, 40), dtype=np.int16))
+    other = sitk.GetImageFromArray(np.zeros((4, 96, 96), dtype=np.int16))
     write_ct_series(other, os.path.join(patients[0], 'scout'), patient_id='NNRAS00000')
     # 2: its GTV is spelled 'GTV_liver', which the mapping does not know (missing)
     # 3: two ROIs that both mean the GTV (ambiguous)

@@ -145,7 +145,6 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
                  allow_missing_identity: bool = False) -> dict:
     """Predicts one case and writes ``<case>.nii.gz`` (model labels), one NIfTI mask per margin structure, for DICOM
     input ``<case>_RTSTRUCT.dcm`` and ``<case>_SEG.dcm``, and ``<case>_report.json`` (volumes, files, warnings)."""
-    os.makedirs(output_folder, exist_ok=True)
     with tempfile.TemporaryDirectory() as workdir:
         case, nifti, series = _load_input(input_path, series_uid, workdir)
         segmentation, dataset_json = predict_probabilities(model_folders, folds, checkpoint, nifti, device,
@@ -167,6 +166,7 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
                 next(m.describe() for m in margins if m.name == name))
             for name, mask in {**masks, **margin_masks}.items()]
 
+    os.makedirs(output_folder, exist_ok=True)
     written, warnings = [], []
     label_path = os.path.join(output_folder, f'{case}.nii.gz')
     _write_image(sitk.Cast(segmentation, sitk.sitkUInt8), label_path)
