@@ -1,7 +1,7 @@
 """Synthetic anisotropic abdominal CT phantoms with a liver and tumours, in nnU-Net's raw layout.
 
 The demo and the tests need a CT-like data set that ships with nothing: each case is an abdomen-like body (fat,
-muscle, spine) with a liver-like organ holding one to three hypodense tumours, at about 0.8 x 0.8 x 3 mm. Labels:
+muscle, spine) with a liver-like organ holding one or two hypodense tumours, at about 0.8 x 0.8 x 3 mm. Labels:
 0 background, 1 liver, 2 tumour.
 """
 import json
@@ -46,8 +46,8 @@ def make_case(rng: np.random.Generator, geometry: PhantomGeometry = PhantomGeome
     image[liver] = 100.
     label = liver.astype(np.uint8)
 
-    for _ in range(rng.integers(1, 4)):
-        radius = rng.uniform(5, 10)
+    for _ in range(rng.integers(1, 3)):
+        radius = rng.uniform(7, 12)
         # keep the tumour inside the liver: centre within the liver ellipsoid shrunk by the radius
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)

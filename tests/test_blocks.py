@@ -64,7 +64,8 @@ def test_ras_conv_residual_identity_and_projection():
     identity = RASConv(nn.Conv3d, 8, 8, nn.InstanceNorm3d, {'affine': True}, nn.LeakyReLU, {'inplace': True})
     projected = RASConv(nn.Conv3d, 4, 8, nn.InstanceNorm3d, {'affine': True}, nn.LeakyReLU, {'inplace': True})
     assert isinstance(identity.residual, nn.Identity)
-    assert tuple(projected.residual.weight.shape) == (8, 4, 1, 1, 1)
+    assert tuple(projected.residual[0].weight.shape) == (8, 4, 1, 1, 1)
+    assert isinstance(projected.residual[1], nn.InstanceNorm3d)
     for block, channels in ((identity, 8), (projected, 4)):
         x = torch.randn(2, channels, 4, 8, 8)
         full = block(x)
@@ -167,3 +168,11 @@ def test_string_class_names_from_json_plans_are_located():
     kwargs['nonlin'] = 'torch.nn.NoSuchNonlin'
     with pytest.raises(ImportError, match='NoSuchNonlin'):
         build_ras_unet(kwargs, 1, 2)
+
+
+def test_activations_keep_their_scale_through_nine_ras_convs():
+    """Stacked residual sums must not saturate the softmax at initialisation (it stalls a Dice-only loss)."""
+    net = build_ras_unet(_kwargs(3, n_stages=5, features=(8, 16, 32, 64, 64)), 1, 3)
+    net.eval()
+    logits = net(torch.randn(2, 1, 16, 64, 64) * 3)
+    assert logits.std() < 3

@@ -82,7 +82,8 @@ class RASConv(nn.Module):
     """Residual attention separable convolution.
 
     Path 1: SC -> norm -> nonlin -> SC -> norm -> nonlin, re-weighted by a SAM.
-    Path 2: the input (identity, or a 1x1(x1) projection where the channel count changes).
+    Path 2: the input (identity, or a 1x1(x1) projection + norm where the channel count changes). Without the norm,
+    the sums of nine stacked RAS convs grew the logits' scale ~25-fold at initialisation and saturated the softmax.
     Output: path 1 + path 2.
     """
 
@@ -112,8 +113,11 @@ class RASConv(nn.Module):
             SeparableConv(conv_op, out_channels, out_channels, conv_bias), *norm_nonlin(),
         )
         self.attention = SpatialAttention(conv_op, out_channels, attention_reduction, conv_bias)
-        self.residual = nn.Identity() if in_channels == out_channels else \
-            conv_op(in_channels, out_channels, 1, bias=False)
+        if in_channels == out_channels:
+            self.residual = nn.Identity()
+        else:  # normalised like ResNet's projection shortcut, so that stacked residual sums keep their scale
+            self.residual = nn.Sequential(conv_op(in_channels, out_channels, 1, bias=False),
+                                          *([norm_op(out_channels, **(norm_op_kwargs or {}))] if norm_op else []))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.attention(self.path(x)) + self.residual(x)

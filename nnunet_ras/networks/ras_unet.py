@@ -27,7 +27,10 @@ def _stride_list(stride: Union[int, Sequence[int]], dim: int) -> List[int]:
 
 
 class RASEncoder(nn.Module):
-    """Per stage: max-pool by the plan's stride (if any), one RAS conv, dropout."""
+    """Per stage: max-pool by the plan's stride (if any), one RAS conv, dropout (the paper's p = 0.5).
+
+    The dropped-out features feed both the next stage and the skip connection, as in the paper's U-Net.
+    """
 
     def __init__(self, input_channels: int, features_per_stage: Sequence[int], conv_op: Type[_ConvNd],
                  strides: Sequence[Sequence[int]], conv_bias: bool, norm_op, norm_op_kwargs, nonlin, nonlin_kwargs,

@@ -4,17 +4,26 @@ Each class is a small nnU-Net trainer variant; nnU-Net finds them by name throug
 ``nnunet-ras trainer-path``). They work with the default ``nnUNetPlans`` of any data set (RAS U-Net is built from
 the plan's topology) and with the plans of ``nnUNetPlannerRAS``.
 """
+import numpy as np
 import torch
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.training.nnUNetTrainer.variants.loss.nnUNetTrainerDiceLoss import nnUNetTrainerDiceLoss
+from nnunetv2.utilities.helpers import softmax_helper_dim1
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
 from nnunet_ras.networks.ras_unet import build_ras_unet
 
 
-class nnUNetTrainerRAS(nnUNetTrainerDiceLoss):
-    """RAS U-Net with the paper's Dice-only loss; nnU-Net's optimiser, schedule and augmentation otherwise."""
+class nnUNetTrainerRAS(nnUNetTrainer):
+    """RAS U-Net with the paper's Dice-only loss; nnU-Net's optimiser, schedule and augmentation otherwise.
+
+    The Dice is computed over the whole batch (one Dice per class over all samples, as the paper's Keras-style
+    loss does), whatever the plan's ``batch_dice`` says: per-sample Dice gives a small structure that is absent from
+    most patches, such as a tumour, almost only gradients towards predicting nothing. Deep-supervision outputs are
+    weighted as in nnU-Net.
+    """
 
     @staticmethod
     def build_network_architecture(plans_manager: PlansManager,
@@ -24,6 +33,16 @@ class nnUNetTrainerRAS(nnUNetTrainerDiceLoss):
                                    enable_deep_supervision: bool = True) -> nn.Module:
         return build_ras_unet(configuration_manager.network_arch_init_kwargs, num_input_channels,
                               num_output_channels, enable_deep_supervision)
+
+    def _build_loss(self):
+        regions = self.label_manager.has_regions
+        loss = MemoryEfficientSoftDiceLoss(apply_nonlin=torch.sigmoid if regions else softmax_helper_dim1,
+                                           batch_dice=True, do_bg=regions, smooth=1e-5, ddp=self.is_ddp)
+        if not self.enable_deep_supervision:
+            return loss
+        weights = np.array([1 / (2 ** i) for i in range(len(self._get_deep_supervision_scales()))])
+        weights[-1] = 0  # nnU-Net ignores the coarsest output
+        return DeepSupervisionWrapper(loss, weights / weights.sum())
 
 
 class nnUNetTrainerRAS_DiceCE(nnUNetTrainerRAS):
