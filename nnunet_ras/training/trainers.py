@@ -14,14 +14,15 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import nn
 
 from nnunet_ras.networks.ras_unet import build_ras_unet
+from nnunet_ras.training.transforms import ClipToIntensityWindow
 
 
 class nnUNetTrainerRAS(nnUNetTrainer):
     """RAS U-Net with the paper's Dice-only loss; nnU-Net's optimiser, schedule and augmentation otherwise.
 
-    The Dice is computed over the whole batch (one Dice per class over all samples, as the paper's Keras-style
-    loss does), whatever the plan's ``batch_dice`` says: per-sample Dice gives a small structure that is absent from
-    most patches, such as a tumour, almost only gradients towards predicting nothing. Deep-supervision outputs are
+    The Dice is computed over the whole batch (one soft Dice per foreground class over all samples of the batch,
+    the paper's Dice loss), whatever the plan's ``batch_dice`` says, so that a small structure absent from some
+    patches, such as a tumour, still gets a Dice term from the patches that hold it. Deep-supervision outputs are
     weighted as in nnU-Net.
     """
 
@@ -43,6 +44,14 @@ class nnUNetTrainerRAS(nnUNetTrainer):
         weights = np.array([1 / (2 ** i) for i in range(len(self._get_deep_supervision_scales()))])
         weights[-1] = 0  # nnU-Net ignores the coarsest output
         return DeepSupervisionWrapper(loss, weights / weights.sum())
+
+    def get_training_transforms(self, *args, **kwargs):
+        """nnU-Net's augmentation, preceded by the plan's CT window (see ``ClipToIntensityWindow``)."""
+        transforms = super().get_training_transforms(*args, **kwargs)
+        windows = self.configuration_manager.network_arch_init_kwargs.get('intensity_window')
+        if windows is not None:
+            transforms.transforms.insert(0, ClipToIntensityWindow(windows))
+        return transforms
 
 
 class nnUNetTrainerRAS_DiceCE(nnUNetTrainerRAS):
