@@ -181,6 +181,9 @@ def test_activations_keep_their_scale_through_nine_ras_convs():
 def test_clip_to_intensity_window_before_augmentation():
     from nnunet_ras.training.transforms import ClipToIntensityWindow
     image = torch.tensor([[-1000., -20., 40., 600.], [-1000., -20., 40., 600.]]).view(2, 1, 1, 4)
-    out = ClipToIntensityWindow([[-150, 150], None])(image=image.clone())['image']
+    segmentation = torch.ones(1, 1, 1, 4)
+    out = ClipToIntensityWindow([[-150, 150], None])(image=image.clone(), segmentation=segmentation)
+    assert out['segmentation'] is segmentation  # labels untouched
+    out = out['image']
     torch.testing.assert_close(out[0].flatten(), torch.tensor([-150., -20., 40., 150.]))
     torch.testing.assert_close(out[1], image[1])

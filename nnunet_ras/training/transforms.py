@@ -2,10 +2,10 @@
 from typing import Optional, Sequence
 
 import torch
-from batchgeneratorsv2.transforms.base.basic_transform import BasicTransform
+from batchgeneratorsv2.transforms.base.basic_transform import ImageOnlyTransform
 
 
-class ClipToIntensityWindow(BasicTransform):
+class ClipToIntensityWindow(ImageOnlyTransform):
     """Clips windowed channels (raw HU under ``NoNormalization``) to their window before any other augmentation.
 
     nnU-Net's gamma and contrast augmentations rescale a patch by its own min/max and mean/std; on raw HU, where air
