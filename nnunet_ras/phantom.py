@@ -18,7 +18,7 @@ LABELS = {'background': 0, 'liver': 1, 'tumour': 2}
 
 @dataclass
 class PhantomGeometry:
-    shape_zyx: Tuple[int, int, int] = (32, 96, 96)
+    shape_zyx: Tuple[int, int, int] = (24, 72, 72)
     spacing_zyx: Tuple[float, float, float] = (3.0, 0.8, 0.8)
 
 
@@ -34,26 +34,29 @@ def make_case(rng: np.random.Generator, geometry: PhantomGeometry = PhantomGeome
     centre = extent / 2
     image = np.full(geometry.shape_zyx, -1000., dtype=np.float32)  # air
 
+    # anatomy in mm for a 77 mm wide field of view, scaled to this one's width (liver and tumours z-extent too)
+    scale = extent[2] / 76.8
     body_radii = (extent[0] * 4, extent[1] * 0.45, extent[2] * 0.47)
     image[_ellipsoid(grid, centre, body_radii)] = -100.  # subcutaneous fat
-    image[_ellipsoid(grid, centre, (body_radii[0], body_radii[1] - 6, body_radii[2] - 6))] = 40.  # soft tissue
+    fat = 6 * scale
+    image[_ellipsoid(grid, centre, (body_radii[0], body_radii[1] - fat, body_radii[2] - fat))] = 40.  # soft tissue
     spine_centre = (centre[0], centre[1] + extent[1] * 0.3, centre[2])
-    image[_ellipsoid(grid, spine_centre, (extent[0] * 4, 7., 7.))] = 500.  # vertebral body
+    image[_ellipsoid(grid, spine_centre, (extent[0] * 4, 7. * scale, 7. * scale))] = 500.  # vertebral body
 
-    liver_centre = centre + np.array([rng.uniform(-8, 8), rng.uniform(-8, 4), rng.uniform(-20, -12)])
-    liver_radii = np.array([rng.uniform(30, 40), rng.uniform(20, 26), rng.uniform(17, 22)])
+    liver_centre = centre + np.array([rng.uniform(-8, 8), rng.uniform(-8, 4), rng.uniform(-20, -12)]) * scale
+    liver_radii = np.array([rng.uniform(30, 40), rng.uniform(20, 26), rng.uniform(17, 22)]) * scale
     liver = _ellipsoid(grid, liver_centre, liver_radii)
     image[liver] = 100.
     label = liver.astype(np.uint8)
 
     for _ in range(rng.integers(1, 3)):
-        radius = rng.uniform(7, 12)
+        radius = rng.uniform(9, 14) * scale
         # keep the tumour inside the liver: centre within the liver ellipsoid shrunk by the radius
         direction = rng.normal(size=3)
         direction /= np.linalg.norm(direction)
         offset = direction * rng.uniform(0, 0.5) * np.maximum(liver_radii - radius, 1)
         tumour = _ellipsoid(grid, liver_centre + offset, (radius * rng.uniform(0.8, 1.2), radius, radius)) & liver
-        image[tumour] = rng.uniform(30, 50)
+        image[tumour] = rng.uniform(10, 30)
         label[tumour] = 2
 
     # partial-volume blur (sharper in-plane than between slices) and scanner noise

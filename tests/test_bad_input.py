@@ -6,7 +6,7 @@ import SimpleITK as sitk
 
 from nnunet_ras.cli import main
 from nnunet_ras.phantom import write_phantom_dataset
-from tests.conftest import TINY
+from conftest import TINY
 
 DATASET = 'Dataset991_Broken'
 

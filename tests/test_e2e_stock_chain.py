@@ -25,6 +25,15 @@ def _model_folder(ws, trainer, plans='nnUNetPlans', configuration='3d_fullres'):
     return ws.path('nnUNet_results', 'Dataset990_TinyPhantom', f'{trainer}__{plans}__{configuration}')
 
 
+def _predict(ws, output, trainer, plans='nnUNetPlans', configuration='3d_fullres', folds=('0',), extra=(),
+             step=None):
+    """Stock nnUNetv2_predict on the test images (default worker processes)."""
+    ws.run(['nnUNetv2_predict', '-i', ws.path('nnUNet_raw', 'Dataset990_TinyPhantom', 'imagesTs'), '-o', output,
+            '-d', DATASET, '-c', configuration, '-tr', trainer, '-p', plans, '-f', *folds, '-device', 'cpu',
+            *extra], step=step)
+    _assert_segmentations_on_image_grid(ws, output)
+
+
 def _assert_segmentations_on_image_grid(ws, folder):
     images = sorted(glob.glob(ws.path('nnUNet_raw', 'Dataset990_TinyPhantom', 'imagesTs', '*_0000.nii.gz')))
     assert images
@@ -59,14 +68,11 @@ def test_find_best_configuration_and_ensemble_ras_with_default(tiny_phantom):
     evaluated = json.dumps(info)
     assert RAS in evaluated and DEFAULT in evaluated and 'ensemble' in evaluated.lower()
 
-    images = ws.path('nnUNet_raw', 'Dataset990_TinyPhantom', 'imagesTs')
     outputs = {}
     for trainer in (RAS, DEFAULT):
         outputs[trainer] = os.path.join(ws.root, f'pred_{trainer}')
-        ws.run(['nnUNetv2_predict', '-i', images, '-o', outputs[trainer], '-d', DATASET, '-c', '3d_fullres',
-                '-tr', trainer, '-f', '0', '1', '-device', 'cpu', '--save_probabilities'],
-               step=f'nnUNetv2_predict {trainer} folds 0 1')
-        _assert_segmentations_on_image_grid(ws, outputs[trainer])
+        _predict(ws, outputs[trainer], trainer, folds=('0', '1'), extra=('--save_probabilities',),
+                 step=f'nnUNetv2_predict {trainer} folds 0 1')
     ensemble = os.path.join(ws.root, 'pred_ensemble')
     ws.run(['nnUNetv2_ensemble', '-i', outputs[RAS], outputs[DEFAULT], '-o', ensemble, '-np', '2'],
            step='nnUNetv2_ensemble RAS + default')
@@ -116,28 +122,21 @@ def test_ras_planner_plans_train_continue_and_stock_predict(tiny_phantom):
     logs_before = set(glob.glob(os.path.join(fold, 'training_log_*.txt')))
     time.sleep(1.1)  # nnU-Net names its logs by the second
     ws.run(cmd + ['--c'])
-    from tests.conftest import STEP_TIMES
+    from conftest import STEP_TIMES
     STEP_TIMES['nnUNetv2_train RAS plans, stopped after epoch 0, then --c'] = time.time() - start
     assert os.path.isfile(os.path.join(fold, 'checkpoint_final.pth'))
     continued_log = open((set(glob.glob(os.path.join(fold, 'training_log_*.txt'))) - logs_before).pop()).read()
     assert 'Epoch 1' in continued_log and 'Epoch 0\n' not in continued_log  # resumed, not restarted
 
-    prediction = os.path.join(ws.root, 'pred_ras_plans')
-    ws.run(['nnUNetv2_predict', '-i', ws.path('nnUNet_raw', 'Dataset990_TinyPhantom', 'imagesTs'), '-o', prediction,
-            '-d', DATASET, '-c', '3d_fullres', '-tr', trainer, '-p', 'nnUNetRASPlans', '-f', '0', '-device', 'cpu'],
-           step='nnUNetv2_predict RAS plans (default worker processes)')
-    _assert_segmentations_on_image_grid(ws, prediction)
+    _predict(ws, os.path.join(ws.root, 'pred_ras_plans'), trainer, 'nnUNetRASPlans',
+             step='nnUNetv2_predict RAS plans (default worker processes)')
 
 
 def test_2d_configuration_trains_and_predicts(tiny_phantom):
     ws = tiny_phantom
     ws.run(['nnUNetv2_train', DATASET, '2d', '0', '-tr', RAS, '-p', 'nnUNetRASPlans', '-device', 'cpu'],
            step='nnUNetv2_train RAS 2d fold 0')
-    prediction = os.path.join(ws.root, 'pred_2d')
-    ws.run(['nnUNetv2_predict', '-i', ws.path('nnUNet_raw', 'Dataset990_TinyPhantom', 'imagesTs'), '-o', prediction,
-            '-d', DATASET, '-c', '2d', '-tr', RAS, '-p', 'nnUNetRASPlans', '-f', '0', '-device', 'cpu'],
-           step='nnUNetv2_predict RAS 2d')
-    _assert_segmentations_on_image_grid(ws, prediction)
+    _predict(ws, os.path.join(ws.root, 'pred_2d'), RAS, 'nnUNetRASPlans', '2d', step='nnUNetv2_predict RAS 2d')
 
 
 def test_unknown_trainer_name_is_refused_by_name(tiny_phantom):
