@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser('demo', help='phantom -> plan -> nnUNetv2_train -> nnUNetv2_predict -> tumour Dice')
     p.add_argument('-workdir', default='demo_run', help='holds nnUNet_raw/preprocessed/results unless they are set')
     p.add_argument('-d', type=int, default=501)
-    p.add_argument('-tr', default='nnUNetTrainerRAS_40epochs_25iters')
+    p.add_argument('-tr', default='nnUNetTrainerRAS_30epochs_25iters')
     p.add_argument('-min_dice', type=float, default=0.5, help='fail if the mean tumour Dice is lower')
     p.set_defaults(func=_demo)
 

@@ -53,7 +53,7 @@ def tumour_dice_table(prediction_folder: str, reference_folder: str) -> Dict[str
     return scores
 
 
-def run_demo(workdir: str = 'demo_run', dataset_id: int = 501, trainer: str = 'nnUNetTrainerRAS_40epochs_25iters',
+def run_demo(workdir: str = 'demo_run', dataset_id: int = 501, trainer: str = 'nnUNetTrainerRAS_30epochs_25iters',
              min_tumour_dice: float = 0.5) -> int:
     env = nnunet_environment(workdir)
     os.environ.update(env)  # the in-process planner reads the same folders

@@ -45,6 +45,6 @@ class nnUNetTrainer_1epoch_5iters(ShortSchedule, nnUNetTrainer):
     epochs, iterations = 1, 5
 
 
-class nnUNetTrainerRAS_40epochs_25iters(ShortSchedule, nnUNetTrainerRAS):
+class nnUNetTrainerRAS_30epochs_25iters(ShortSchedule, nnUNetTrainerRAS):
     """The demo schedule: about ten minutes on two CPU cores for the phantom data set."""
-    epochs, iterations = 40, 25
+    epochs, iterations = 30, 25
