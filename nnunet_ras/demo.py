@@ -11,7 +11,7 @@ from typing import Dict, List
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_ras.installation import trainer_path
+from nnunet_ras.installation import nnunet_command_environment
 from nnunet_ras.metrics import dice
 from nnunet_ras.phantom import LABELS
 
@@ -19,16 +19,11 @@ NNUNET_FOLDERS = ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results')
 
 
 def nnunet_environment(workdir: str) -> Dict[str, str]:
-    """os.environ plus nnU-Net folders under ``workdir`` (where unset), the plugin's trainer folder and CPU-sized
-    data-augmentation workers."""
-    env = dict(os.environ)
-    for var in NNUNET_FOLDERS:
-        env.setdefault(var, os.path.abspath(os.path.join(workdir, var)))
-        os.makedirs(env[var], exist_ok=True)
-    ext = [p for p in env.get('nnUNet_extTrainer', '').split(os.pathsep) if p]
-    env['nnUNet_extTrainer'] = os.pathsep.join([trainer_path()] + [p for p in ext if p != trainer_path()])
-    env.setdefault('nnUNet_n_proc_DA', str(max(1, min(2, os.cpu_count() or 1))))
-    return env
+    """nnU-Net folders under ``workdir`` where they are not set already, for the demo's commands."""
+    folders = {var: os.environ.get(var) or os.path.abspath(os.path.join(workdir, var)) for var in NNUNET_FOLDERS}
+    for folder in folders.values():
+        os.makedirs(folder, exist_ok=True)
+    return nnunet_command_environment(folders)
 
 
 def run(cmd: List[str], env: Dict[str, str]) -> float:

@@ -7,7 +7,7 @@ from typing import Dict, List
 
 import pytest
 
-from nnunet_ras.installation import trainer_path
+from nnunet_ras.installation import nnunet_command_environment, trainer_path
 from nnunet_ras.phantom import PhantomGeometry, write_phantom_dataset
 
 TINY = PhantomGeometry(shape_zyx=(16, 48, 48), spacing_zyx=(3.0, 0.8, 0.8))
@@ -19,11 +19,12 @@ class NnunetWorkspace:
 
     def __init__(self, root):
         self.root = str(root)
-        self.env = dict(os.environ)
-        for var in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results'):
-            self.env[var] = os.path.join(self.root, var)
-            os.makedirs(self.env[var], exist_ok=True)
-        self.env['nnUNet_extTrainer'] = trainer_path()
+        folders = {var: os.path.join(self.root, var)
+                   for var in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results')}
+        for folder in folders.values():
+            os.makedirs(folder, exist_ok=True)
+        self.env = nnunet_command_environment(folders)
+        self.env['nnUNet_extTrainer'] = trainer_path()  # only this plugin's trainers, whatever the caller has set
         self.env['nnUNet_n_proc_DA'] = '1'
         self.env['nnUNet_def_n_proc'] = '2'
 
