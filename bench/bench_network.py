@@ -1,16 +1,16 @@
 """RAS U-Net against nnU-Net's default network built from the same plans: parameters, MACs per patch, CPU
 forward+backward time per training iteration and peak memory, measured side by side in one run.
 
-    python bench/bench_network.py [--repeats 5] [--out bench/results/network.json]
+    python bench/bench_network.py [--repeats 3] [--iterations 3] [--out bench/results/network.json]
 
 Plans: nnU-Net's default ``nnUNetPlans`` (3d_fullres) of ../shared/data/Dataset004_Hippocampus and of the
-synthetic liver phantom (also with the RAS planner's own plans). Each measurement runs in a fresh process (clean
-peak-RSS reading); the two networks alternate A B A B ... so that machine noise hits both alike.
+synthetic liver phantom (also with the RAS planner's own plans). Each measurement runs in a fresh process. Peak
+memory is the peak resident size during the timed steps minus the resident size before them (weights, optimiser
+state and data already allocated). The two networks alternate A B A B ... so that machine noise hits both alike.
 """
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -51,6 +51,19 @@ def _plans(workdir: str):
     return plans
 
 
+def _status_kb(field: str) -> int:
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ':'))
+
+
+def _reset_peak_rss() -> int:
+    """Resets the kernel's peak-RSS mark (Linux) and returns the resident size now, in kB: the peak of what follows
+    minus this is the memory one training step takes beyond the network, its optimiser state and the data."""
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+    return _status_kb('VmRSS')
+
+
 def measure(plans_file: str, dataset_json: str, network: str, iterations: int) -> dict:
     """Runs in a fresh process: builds one network from the plans, times forward+backward+step on CPU."""
     import torch
@@ -62,7 +75,6 @@ def measure(plans_file: str, dataset_json: str, network: str, iterations: int) -
 
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
-    rss_baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     plans = PlansManager(load_json(plans_file))
     config = plans.get_configuration('3d_fullres')
     labels = plans.get_label_manager(load_json(dataset_json))
@@ -84,6 +96,7 @@ def measure(plans_file: str, dataset_json: str, network: str, iterations: int) -
         optimizer.zero_grad(set_to_none=True)
 
     step()  # warm-up (allocator, kernel selection)
+    rss_baseline = _reset_peak_rss()
     times = []
     for _ in range(iterations):
         start = time.perf_counter()
@@ -91,7 +104,7 @@ def measure(plans_file: str, dataset_json: str, network: str, iterations: int) -
         times.append(time.perf_counter() - start)
     return {'params': sum(p.numel() for p in net.parameters()), 'macs_per_patch': macs_per_patch,
             'seconds_per_iteration': float(np.median(times)),
-            'peak_rss_mb': (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_baseline) / 1024,
+            'peak_rss_mb': (_status_kb('VmHWM') - rss_baseline) / 1024,
             'patch_size': list(config.patch_size), 'batch_size': config.batch_size}
 
 
