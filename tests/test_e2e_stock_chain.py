@@ -59,6 +59,13 @@ def test_ras_and_default_trainers_on_stock_plans(tiny_phantom):
                          map_location='cpu', weights_only=False)['network_weights']
     assert any('.attention.' in k for k in weights), 'RAS trainer did not build RAS U-Net from the default plans'
 
+    dice_ce = 'nnUNetTrainerRAS_DiceCE_1epoch_5iters'
+    ws.run(['nnUNetv2_train', DATASET, '3d_fullres', '0', '-tr', dice_ce, '-device', 'cpu'],
+           step=f'nnUNetv2_train {dice_ce} fold 0')
+    loss = lambda trainer: json.load(open(os.path.join(_model_folder(ws, trainer), 'fold_0', 'debug.json')))['loss']
+    assert 'MemoryEfficientSoftDiceLoss' in loss(RAS) and 'CrossEntropy' not in loss(RAS)  # Dice only
+    assert 'DC_and_CE_loss' in loss(dice_ce)
+
 
 def test_find_best_configuration_and_ensemble_ras_with_default(tiny_phantom):
     ws = tiny_phantom
