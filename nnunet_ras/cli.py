@@ -1,6 +1,5 @@
 """``nnunet-ras``: the plugin's command line, in nnU-Net's style (``-d``, ``-c``, ``-np`` ...)."""
 import argparse
-import os
 import sys
 from typing import List, Optional
 

@@ -1,5 +1,4 @@
 """Unit tests of the RAS U-Net building blocks and the network, on real tensors."""
-import numpy as np
 import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
