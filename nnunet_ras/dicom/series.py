@@ -47,21 +47,25 @@ class CtSeries:
     def first(self) -> pydicom.Dataset:
         return self.headers[0]
 
+    def text(self, keyword: str) -> str:
+        """A tag of the first slice as text; '' where it is absent or empty (de-identified series)."""
+        return str(self.first.get(keyword, '') or '')
+
     @property
     def series_uid(self) -> str:
-        return str(self.first.get('SeriesInstanceUID', '') or '')
+        return self.text('SeriesInstanceUID')
 
     @property
     def study_uid(self) -> str:
-        return str(self.first.get('StudyInstanceUID', '') or '')
+        return self.text('StudyInstanceUID')
 
     @property
     def frame_of_reference_uid(self) -> str:
-        return str(self.first.get('FrameOfReferenceUID', '') or '')
+        return self.text('FrameOfReferenceUID')
 
     @property
     def patient_id(self) -> str:
-        return str(self.first.get('PatientID', '') or '')
+        return self.text('PatientID')
 
     @property
     def slice_normal(self) -> np.ndarray:
