@@ -1,11 +1,16 @@
 """Short-schedule variants, named the nnU-Net way (``<Trainer>_<N>epochs_<M>iters``), for CPU runs and tests.
 
-nnU-Net's defaults are 1000 epochs of 250 iterations; these finish in seconds to minutes on a CPU.
+nnU-Net's defaults are 1000 epochs of 250 iterations; these finish in seconds to minutes on a CPU. Each variant is
+an ordinary module-level class (made by ``short_schedule``) so that nnU-Net's trainer lookup finds it by name.
 """
+from typing import List, Type
+
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ras.training.trainers import nnUNetTrainerRAS, nnUNetTrainerRAS_DiceCE
+
+__all__: List[str] = []
 
 
 class ShortSchedule:
@@ -21,9 +26,22 @@ class ShortSchedule:
         self.num_val_iterations_per_epoch = max(1, self.iterations // 5)
 
 
-class nnUNetTrainerRAS_1epoch_5iters(ShortSchedule, nnUNetTrainerRAS):
-    """Smoke-test schedule (tests, installation checks)."""
-    epochs, iterations = 1, 5
+def short_schedule(trainer: Type[nnUNetTrainer], epochs: int, iterations: int, doc: str = None) -> Type[nnUNetTrainer]:
+    """Define ``<trainer>_<epochs>epochs_<iterations>iters`` in this module and export it."""
+    name = f"{trainer.__name__}_{epochs}epoch{'s' if epochs > 1 else ''}_{iterations}iters"
+    cls = type(name, (ShortSchedule, trainer), {
+        'epochs': epochs, 'iterations': iterations, '__module__': __name__, '__qualname__': name,
+        '__doc__': doc or f'{trainer.__name__} for {epochs} epochs of {iterations} iterations.'})
+    globals()[name] = cls
+    __all__.append(name)
+    return cls
+
+
+SMOKE_TEST = (1, 5)  # the schedule every trainer's stock train-and-predict test uses
+
+for _trainer in (nnUNetTrainer, nnUNetTrainerRAS, nnUNetTrainerRAS_DiceCE):
+    short_schedule(_trainer, *SMOKE_TEST, doc='Smoke-test schedule (tests, installation checks).')
+short_schedule(nnUNetTrainerRAS, 30, 25, doc='The demo schedule: about ten minutes on two CPU cores for the phantom.')
 
 
 class nnUNetTrainerRAS_2epochs_5iters(ShortSchedule, nnUNetTrainerRAS):
@@ -36,15 +54,4 @@ class nnUNetTrainerRAS_2epochs_5iters(ShortSchedule, nnUNetTrainerRAS):
         self.save_every = 1
 
 
-class nnUNetTrainerRAS_DiceCE_1epoch_5iters(ShortSchedule, nnUNetTrainerRAS_DiceCE):
-    epochs, iterations = 1, 5
-
-
-class nnUNetTrainer_1epoch_5iters(ShortSchedule, nnUNetTrainer):
-    """nnU-Net's default trainer on the smoke-test schedule, the baseline for ensembling tests."""
-    epochs, iterations = 1, 5
-
-
-class nnUNetTrainerRAS_30epochs_25iters(ShortSchedule, nnUNetTrainerRAS):
-    """The demo schedule: about ten minutes on two CPU cores for the phantom data set."""
-    epochs, iterations = 30, 25
+__all__.append('nnUNetTrainerRAS_2epochs_5iters')
