@@ -92,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from nnunet_ras.dicom.cli import add_dicom_commands
     add_dicom_commands(sub)
+    from nnunet_ras.evaluation.cli import add_evaluation_commands
+    add_evaluation_commands(sub)
+    from nnunet_ras.noise.cli import add_noise_commands
+    add_noise_commands(sub)
     return parser
 
 

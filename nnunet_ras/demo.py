@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_ras.installation import nnunet_command_environment
-from nnunet_ras.metrics import dice
+from nnunet_ras.evaluation.metrics import dice
 from nnunet_ras.phantom import LABELS
 
 NNUNET_FOLDERS = ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results')

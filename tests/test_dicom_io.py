@@ -13,7 +13,7 @@ from nnunet_ras.dicom.phantom import write_ct_series
 from nnunet_ras.dicom.rtstruct import Roi, read_rtstruct, write_rtstruct
 from nnunet_ras.dicom.seg import read_dicom_seg, write_dicom_seg
 from nnunet_ras.dicom.series import label_on_series_grid, read_ct_series, scan_folder
-from nnunet_ras.metrics import dice
+from nnunet_ras.evaluation.metrics import dice
 
 DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data'))
 LIVER = 5  # TotalSegmentator class of example_seg_dicom.nii.gz
