@@ -1,0 +1,156 @@
+"""Noisy-label training with quality weighting (Pick-and-Learn, seed 002, SPEC section 2) as nnU-Net trainers.
+
+A quality assessment network (QAM) scores each (image, label) pair of a batch; the optional OCM bounds the score to
+(-lambda, lambda); a softmax over the batch turns scores into weights that sum to the batch size; each sample's
+segmentation loss (the trainer's own loss, evaluated on that sample alone) is weighted by its weight. The QAM learns
+jointly with the segmentation network through that weighted loss, with its own Adam optimiser.
+
+Only training changes: validation, the exported network and ``nnUNetv2_predict`` are ordinary nnU-Net. The QAM's
+weights travel in the checkpoint under ``quality_assessment`` (so ``--c`` continues it and ``nnunet-ras quality``
+can score new contours with it). At the end of training the fold folder gets ``quality_ranking.csv`` / ``.json``.
+"""
+import os
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from dynamic_network_architectures.building_blocks.helper import convert_dim_to_conv_op
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
+
+from nnunet_ras.networks.quality import (QualityAssessmentNet, one_hot_label, overfitting_control,
+                                         quality_weights)
+from nnunet_ras.training.schedules import SMOKE_TEST, short_schedule
+from nnunet_ras.training.trainers import nnUNetTrainerRAS
+
+CHECKPOINT_KEY = 'quality_assessment'
+
+
+def _sample(x: Union[torch.Tensor, Sequence[torch.Tensor]], i: int):
+    return [t[i:i + 1] for t in x] if isinstance(x, (list, tuple)) else x[i:i + 1]
+
+
+class QualityWeighting:
+    """Mixin for an nnU-Net trainer: QAM (+ OCM) weighting of the per-sample losses.
+
+    Class attributes (set them in a variant class, the nnU-Net way):
+        ocm_lambda: the OCM's bound; ``None`` switches the OCM off (plain QAM).
+        qam_features: the QAM's width per stage; its length is the QAM's depth.
+        qam_learning_rate: Adam learning rate of the QAM.
+    """
+    ocm_lambda: Optional[float] = 1.0
+    qam_features: Sequence[int] = (16, 32, 64, 128)
+    qam_learning_rate: float = 1e-3
+
+    def initialize(self):
+        super().initialize()
+        if self.is_ddp:
+            raise RuntimeError(f'{self.__class__.__name__} trains on one device; DDP would not sync the QAM')
+        conv_op = convert_dim_to_conv_op(len(self.configuration_manager.patch_size))
+        self.qam = QualityAssessmentNet(conv_op, self.num_input_channels + self.label_manager.num_segmentation_heads,
+                                        self.qam_features).to(self.device)
+        self.qam_optimizer = torch.optim.Adam(self.qam.parameters(), lr=self.qam_learning_rate)
+        # case identifier -> [(epoch, score after OCM, weight)] for every time the case was in a batch
+        self.quality_log: Dict[str, List[tuple]] = {}
+
+    def quality_scores(self, data: torch.Tensor, full_resolution_target: torch.Tensor) -> torch.Tensor:
+        """The QAM's score of each sample, after the OCM."""
+        labels = one_hot_label(full_resolution_target, self.label_manager.num_segmentation_heads,
+                               self.label_manager.has_regions)
+        return overfitting_control(self.qam(data, labels), self.ocm_lambda)
+
+    def per_sample_losses(self, output, target) -> torch.Tensor:
+        """The trainer's own loss (deep supervision included) on each sample of the batch alone."""
+        batch_size = (output[0] if isinstance(output, (list, tuple)) else output).shape[0]
+        return torch.stack([self.loss(_sample(output, i), _sample(target, i)) for i in range(batch_size)])
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch['data'].to(self.device, non_blocking=True)
+        target = batch['target']
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.qam_optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
+            output = self.network(data)
+            losses = self.per_sample_losses(output, target)
+            scores = self.quality_scores(data, target[0] if isinstance(target, list) else target).float()
+            weights = quality_weights(scores)
+            loss = (weights * losses).mean()
+        optimizers = (self.optimizer, self.qam_optimizer)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            for optimizer in optimizers:
+                self.grad_scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            for optimizer in optimizers:
+                self.grad_scaler.step(optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            for optimizer in optimizers:
+                optimizer.step()
+        for key, score, weight in zip(batch['keys'], scores.detach().cpu().tolist(), weights.detach().cpu().tolist()):
+            self.quality_log.setdefault(str(key), []).append((self.current_epoch, score, weight))
+        return {'loss': loss.detach().cpu().numpy()}
+
+    def save_checkpoint(self, filename: str) -> None:
+        super().save_checkpoint(filename)
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return
+        checkpoint = torch.load(filename, map_location='cpu', weights_only=False)
+        checkpoint[CHECKPOINT_KEY] = {'weights': self.qam.state_dict(), 'optimizer': self.qam_optimizer.state_dict(),
+                                      'features_per_stage': list(self.qam_features), 'ocm_lambda': self.ocm_lambda,
+                                      'log': self.quality_log}
+        torch.save(checkpoint, filename + '.part')
+        os.replace(filename + '.part', filename)
+
+    def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
+        checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
+            torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        super().load_checkpoint(checkpoint)
+        quality = checkpoint.get(CHECKPOINT_KEY)
+        if quality is not None:
+            self.qam.load_state_dict(quality['weights'])
+            self.qam_optimizer.load_state_dict(quality['optimizer'])
+            self.quality_log = quality['log']
+
+    def on_train_end(self):
+        super().on_train_end()
+        if self.local_rank == 0:
+            from nnunet_ras.quality.ranking import write_training_ranking
+            write_training_ranking(self)
+
+
+class nnUNetTrainerQAM(QualityWeighting, nnUNetTrainer):
+    """nnU-Net's default network and Dice + CE loss, with QAM + OCM (lambda 1) quality weighting."""
+
+
+class nnUNetTrainerQAM_NoOCM(nnUNetTrainerQAM):
+    """Plain QAM: unbounded scores (the seed's 'QAM' column)."""
+    ocm_lambda = None
+
+
+class nnUNetTrainerQAM_OCMLambda2(nnUNetTrainerQAM):
+    """A looser OCM: weights may differ by up to e^4 (about 55x) instead of e^2 (about 7.4x)."""
+    ocm_lambda = 2.0
+
+
+class nnUNetTrainerQAM_SmallQAM(nnUNetTrainerQAM):
+    """A QAM of half the width and three stages, for small data sets or tight memory."""
+    qam_features = (8, 16, 32)
+
+
+class nnUNetTrainerRASQAM(QualityWeighting, nnUNetTrainerRAS):
+    """RAS U-Net and its Dice-only loss (per sample), with QAM + OCM (lambda 1) quality weighting."""
+
+
+class nnUNetTrainerRASQAM_NoOCM(nnUNetTrainerRASQAM):
+    """RAS U-Net with the plain QAM."""
+    ocm_lambda = None
+
+
+for _trainer in (nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM, nnUNetTrainerRASQAM, nnUNetTrainerRASQAM_NoOCM):
+    short_schedule(_trainer, *SMOKE_TEST, doc='Smoke-test schedule (tests).')
