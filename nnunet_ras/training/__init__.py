@@ -11,7 +11,7 @@ from nnunet_ras.training.baselines import (nnUNetTrainerHybrid25D, nnUNetTrainer
                                            nnUNetTrainerRAS_NoAttention, nnUNetTrainerRAS_NoDropout,
                                            nnUNetTrainerRAS_NoSeparable, nnUNetTrainerRAS_SquaredDice,
                                            nnUNetTrainerResSEUNet, nnUNetTrainerSEUNet, nnUNetTrainerVNet)
-from nnunet_ras.training import schedules
+from nnunet_ras.training import bench_schedules, schedules  # noqa: F401  bench_schedules defines variants
 from nnunet_ras.training.schedules import *  # noqa: F401,F403  the short-schedule variants, made by short_schedule
 
 __all__ = ['nnUNetTrainerRAS', 'nnUNetTrainerRAS_DiceCE',

@@ -1,0 +1,104 @@
+"""What the training benchmarks share: an isolated nnU-Net workspace that runs stock commands, the light benchmark
+plans, and test-set evaluation.
+
+Light plans (``nnUNetBenchPlans``): nnU-Net's own plans with the features per stage capped like seed 002's
+baseline (16, 32, 64, 96, 128, then 128), so that a 2-core CPU trains every variant within the time budget. Patch
+size, spacing, normalisation and topology stay nnU-Net's.
+"""
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
+sys.path.insert(0, ROOT)
+
+from nnunet_ras.installation import nnunet_command_environment, trainer_path  # noqa: E402
+
+BENCH_PLANS = 'nnUNetBenchPlans'
+SEED002_FEATURES = (16, 32, 64, 96, 128)
+
+
+class Workspace:
+    """nnUNet_raw / _preprocessed / _results under one folder, a runner for stock commands and a log."""
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+        folders = {v: os.path.join(self.root, v) for v in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results')}
+        for folder in folders.values():
+            os.makedirs(folder, exist_ok=True)
+        self.env = nnunet_command_environment(folders)
+        self.env['nnUNet_extTrainer'] = trainer_path()
+        self.env.setdefault('nnUNet_n_proc_DA', '1')
+        os.environ.update({k: self.env[k] for k in (*folders, 'nnUNet_extTrainer')})
+        self.log = open(os.path.join(self.root, 'commands.log'), 'a')
+
+    def path(self, var: str, *parts: str) -> str:
+        return os.path.join(self.env[var], *parts)
+
+    def run(self, cmd: List[str]) -> float:
+        """Run a command, log it with its output, fail loudly; returns its wall time in seconds."""
+        start = time.time()
+        self.log.write(f"$ {' '.join(cmd)}\n")
+        self.log.flush()
+        result = subprocess.run(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        seconds = time.time() - start
+        self.log.write(f"# exit {result.returncode} after {seconds:.1f} s\n")
+        self.log.flush()
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}); see {self.log.name}")
+        return seconds
+
+    def dataset_folder(self, dataset_id: int) -> str:
+        return glob.glob(self.path('nnUNet_raw', f'Dataset{dataset_id:03d}_*'))[0]
+
+
+def make_bench_plans(ws: Workspace, dataset_id: int, configuration: str,
+                     features: Sequence[int] = SEED002_FEATURES, batch_size: Optional[int] = None) -> str:
+    """Fingerprint and plan with nnU-Net's planner, cap the features, preprocess: returns the plans name."""
+    ws.run(['nnUNetv2_extract_fingerprint', '-d', str(dataset_id), '-np', '2'])
+    ws.run(['nnUNetv2_plan_experiment', '-d', str(dataset_id)])
+    folder = glob.glob(ws.path('nnUNet_preprocessed', f'Dataset{dataset_id:03d}_*'))[0]
+    with open(os.path.join(folder, 'nnUNetPlans.json')) as f:
+        plans = json.load(f)
+    plans['plans_name'] = BENCH_PLANS
+    config = plans['configurations'][configuration]
+    arch = config['architecture']['arch_kwargs']
+    arch['features_per_stage'] = [features[min(i, len(features) - 1)] for i in range(arch['n_stages'])]
+    if batch_size is not None:
+        config['batch_size'] = batch_size
+    config['data_identifier'] = f'{BENCH_PLANS}_{configuration}'
+    plans['configurations'] = {configuration: config}
+    with open(os.path.join(folder, f'{BENCH_PLANS}.json'), 'w') as f:
+        json.dump(plans, f, indent=2)
+    ws.run(['nnUNetv2_preprocess', '-d', str(dataset_id), '-plans_name', BENCH_PLANS, '-c', configuration,
+            '-np', '2'])
+    return BENCH_PLANS
+
+
+def model_folder(ws: Workspace, dataset_id: int, trainer: str, plans: str, configuration: str) -> str:
+    name = os.path.basename(glob.glob(ws.path('nnUNet_preprocessed', f'Dataset{dataset_id:03d}_*'))[0])
+    return ws.path('nnUNet_results', name, f'{trainer}__{plans}__{configuration}')
+
+
+def train_and_test(ws: Workspace, dataset_id: int, configuration: str, trainer: str, plans: str, fold: str,
+                   test_images: str, test_labels: str, file_ending: str) -> Dict:
+    """Stock nnUNetv2_train, stock nnUNetv2_predict on the test images (no test-time mirroring, to save CPU time),
+    and ``nnunet-ras evaluate``'s metrics against the test labels (labels named by the data set's dataset.json)."""
+    from nnunet_ras.evaluation.evaluate import evaluate_folder, targets_from_dataset_json
+    train_s = ws.run(['nnUNetv2_train', str(dataset_id), configuration, fold, '-tr', trainer, '-p', plans,
+                      '-device', 'cpu'])
+    out = os.path.join(model_folder(ws, dataset_id, trainer, plans, configuration), f'test_fold_{fold}')
+    predict_s = ws.run(['nnUNetv2_predict', '-i', test_images, '-o', out, '-d', str(dataset_id), '-c',
+                        configuration, '-tr', trainer, '-p', plans, '-f', fold, '-device', 'cpu', '--disable_tta',
+                        '-npp', '1', '-nps', '1'])
+    with open(os.path.join(ws.dataset_folder(dataset_id), 'dataset.json')) as f:
+        targets, ignore_label = targets_from_dataset_json(json.load(f))
+    evaluation = evaluate_folder(test_labels, out, file_ending, targets, ignore_label)
+    return {'train_s': train_s, 'predict_s': predict_s,
+            'dice': {name: m['DSC']['mean'] for name, m in evaluation['summary'].items()},
+            'summary': evaluation['summary']}

@@ -1,0 +1,200 @@
+"""Seed 002's noisy-label experiment with stock nnU-Net commands: baseline vs QAM vs QAM + OCM, Dice on clean test
+labels, on JSRT (lungs, heart, clavicles as three binary 2D tasks) and on Hippocampus (3D).
+
+    python bench/noisy_labels.py [--rows 0 50:5-13 75:5-13] [--structures lungs heart clavicles] [--size 128]
+                                 [--hippocampus 50:1-3] [--workdir bench/results/noisy_labels]
+
+Per row and structure: ``nnunet-ras corrupt-labels`` (seed 0, dilate or erode, radius range given in pixels of the
+256-pixel images and scaled to ``--size``) -> light plans (bench/common.py) -> ``nnUNetv2_train`` fold 0 for each
+method on the BENCH schedule -> ``nnUNetv2_predict`` on the 100 clean test images -> Dice. The QAM runs also give the
+ROC AUC of their training-case quality ranking against the corruption manifest. Hippocampus has no labelled test
+set, so it is scored on the clean labels of fold 0's validation cases. Results accumulate in ``results.json``
+(finished runs are skipped on a re-run) and the tables are printed in Markdown.
+"""
+import argparse
+import json
+import os
+import shutil
+
+from common import ROOT, SHARED_DATA, Workspace, make_bench_plans, model_folder, train_and_test
+
+from nnunet_ras.training.bench_schedules import BENCH
+
+SCHEDULE = f'{BENCH[0]}epochs_{BENCH[1]}iters'
+METHODS = {'baseline': f'nnUNetTrainer_{SCHEDULE}', 'QAM': f'nnUNetTrainerQAM_NoOCM_{SCHEDULE}',
+           'QAM+OCM': f'nnUNetTrainerQAM_{SCHEDULE}'}
+STRUCTURE_IDS = {'lungs': 801, 'heart': 802, 'clavicles': 803}
+SEED_TABLE = {  # seed 002: mean Dice over lung, heart, clavicle; per structure
+    ('0', 'baseline'): (0.943, 0.941, 0.862, 0.915), ('0', 'QAM'): (0.939, 0.923, 0.831, 0.898),
+    ('0', 'QAM+OCM'): (0.941, 0.940, 0.852, 0.911),
+    ('25:1-8', 'baseline'): (0.868, 0.888, 0.538, 0.765), ('25:1-8', 'QAM'): (0.925, 0.926, 0.748, 0.866),
+    ('25:1-8', 'QAM+OCM'): (0.936, 0.925, 0.823, 0.895),
+    ('50:1-8', 'baseline'): (0.873, 0.884, 0.539, 0.765), ('50:1-8', 'QAM'): (0.922, 0.925, 0.726, 0.857),
+    ('50:1-8', 'QAM+OCM'): (0.936, 0.929, 0.828, 0.898),
+    ('75:1-8', 'baseline'): (0.745, 0.738, 0.381, 0.621), ('75:1-8', 'QAM'): (0.898, 0.825, 0.536, 0.753),
+    ('75:1-8', 'QAM+OCM'): (0.937, 0.939, 0.809, 0.895),
+    ('25:5-13', 'baseline'): (0.865, 0.857, 0.422, 0.715), ('25:5-13', 'QAM'): (0.893, 0.835, 0.615, 0.781),
+    ('25:5-13', 'QAM+OCM'): (0.935, 0.935, 0.801, 0.890),
+    ('50:5-13', 'baseline'): (0.755, 0.807, 0.393, 0.652), ('50:5-13', 'QAM'): (0.828, 0.853, 0.491, 0.714),
+    ('50:5-13', 'QAM+OCM'): (0.942, 0.942, 0.853, 0.912),
+    ('75:5-13', 'baseline'): (0.820, 0.828, 0.512, 0.720), ('75:5-13', 'QAM'): (0.770, 0.772, 0.366, 0.636),
+    ('75:5-13', 'QAM+OCM'): (0.938, 0.937, 0.801, 0.892),
+}
+
+
+def parse_row(row: str):
+    """'0' -> (0.0, None); '50:5-13' -> (0.5, (5, 13))."""
+    if ':' not in row:
+        return float(row) / 100, None
+    share, radii = row.split(':')
+    low, high = radii.split('-')
+    return float(share) / 100, (int(low), int(high))
+
+
+def scaled(radii, size: int):
+    """Radius range in pixels of the 256-pixel images -> pixels at ``size`` (halves round up, at least 1)."""
+    return tuple(max(1, int(r * size / 256 + 0.5)) for r in radii)
+
+
+def _ranking_auc(folder: str):
+    path = os.path.join(folder, 'fold_0', 'quality_ranking.json')
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)['summary'].get('auc_train')
+
+
+def _save(results: dict, path: str) -> None:
+    with open(path + '.part', 'w') as f:
+        json.dump(results, f, indent=2)
+    os.replace(path + '.part', path)
+
+
+def _dataset_for_row(ws: Workspace, source_id: int, row: str, radii, next_id: int, name: str) -> int:
+    fraction, _ = parse_row(row)
+    if radii is None:
+        return source_id
+    if not [f for f in os.listdir(ws.env['nnUNet_raw']) if f.startswith(f'Dataset{next_id:03d}_')]:
+        ws.run(['nnunet-ras', 'corrupt-labels', '-d', str(source_id), '-o', str(next_id), '-name', name,
+                '-fraction', str(fraction), '-radius', str(radii[0]), str(radii[1]), '-seed', '0'])
+    return next_id
+
+
+def run_jsrt(ws: Workspace, args, results: dict, results_path: str) -> None:
+    if not os.path.isdir(ws.path('nnUNet_raw', 'Dataset801_JSRTLungs')):
+        ws.run(['nnunet-ras', 'jsrt-to-dataset', '-i', os.path.join(SHARED_DATA, 'jsrt_scr_256'), '-d', '801',
+                '-size', str(args.size)])
+    for r, row in enumerate(args.rows):
+        _, radii = parse_row(row)
+        radii = scaled(radii, args.size) if radii else None
+        for s, structure in enumerate(args.structures):
+            source = STRUCTURE_IDS[structure]
+            dataset_id = _dataset_for_row(ws, source, row, radii, 810 + 10 * r + s,
+                                          f'JSRT{structure.capitalize()}Noisy{row.replace(":", "r").replace("-", "to")}')
+            if not os.path.isdir(ws.path('nnUNet_preprocessed', os.path.basename(ws.dataset_folder(dataset_id)),
+                                         'nnUNetBenchPlans_2d')):
+                make_bench_plans(ws, dataset_id, '2d')
+            folder = ws.dataset_folder(source)
+            for method, trainer in METHODS.items():
+                key = f'jsrt|{row}|{structure}|{method}'
+                if key in results:
+                    continue
+                run = train_and_test(ws, dataset_id, '2d', trainer, 'nnUNetBenchPlans', '0',
+                                     os.path.join(folder, 'imagesTs'), os.path.join(folder, 'labelsTs'), '.png')
+                run['dice'] = run['dice'][structure]
+                run['auc_train'] = _ranking_auc(model_folder(ws, dataset_id, trainer, 'nnUNetBenchPlans', '2d'))
+                run['radius_px'] = radii
+                results[key] = run
+                _save(results, results_path)
+                print(key, run['dice'], run['auc_train'], flush=True)
+
+
+def run_hippocampus(ws: Workspace, row: str, results: dict, results_path: str) -> None:
+    link = ws.path('nnUNet_raw', 'Dataset004_Hippocampus')
+    if not os.path.exists(link):
+        os.symlink(os.path.join(SHARED_DATA, 'Dataset004_Hippocampus'), link)
+    _, radii = parse_row(row)
+    dataset_id = _dataset_for_row(ws, 4, row, radii, 840, 'HippocampusNoisy')
+    if not os.path.isdir(ws.path('nnUNet_preprocessed', os.path.basename(ws.dataset_folder(dataset_id)),
+                                 'nnUNetBenchPlans_3d_fullres')):
+        make_bench_plans(ws, dataset_id, '3d_fullres', batch_size=4)
+    from nnunet_ras.evaluation.evaluate import evaluate_folder
+    for method, trainer in METHODS.items():
+        key = f'hippocampus|{row}|{method}'
+        if key in results:
+            continue
+        seconds = ws.run(['nnUNetv2_train', str(dataset_id), '3d_fullres', '0', '-tr', trainer, '-p',
+                          'nnUNetBenchPlans', '-device', 'cpu'])
+        folder = model_folder(ws, dataset_id, trainer, 'nnUNetBenchPlans', '3d_fullres')
+        validation = os.path.join(folder, 'fold_0', 'validation')
+        cases = sorted(f[:-7] for f in os.listdir(validation) if f.endswith('.nii.gz'))
+        evaluation = evaluate_folder(os.path.join(SHARED_DATA, 'Dataset004_Hippocampus', 'labelsTr'), validation,
+                                     '.nii.gz', {'anterior': 1, 'posterior': 2}, cases=cases)
+        run = {'train_s': seconds, 'dice': {k: v['DSC']['mean'] for k, v in evaluation['summary'].items()},
+               'n_cases': len(cases), 'auc_train': _ranking_auc(folder)}
+        results[key] = run
+        _save(results, results_path)
+        print(key, run['dice'], run['auc_train'], flush=True)
+
+
+def _fmt(value) -> str:
+    return '-' if value is None else f'{value:.3f}'
+
+
+def tables(results: dict, args) -> str:
+    lines = [f'JSRT at {args.size} px, fold 0 of 5 (80 training cases), {BENCH[0]} epochs x {BENCH[1]} iterations, '
+             f'light plans; Dice on the 100 clean test labels. Seed values in brackets.', '',
+             '| noisy share | degree (px at 256; at this size) | method | lungs | heart | clavicles | mean | '
+             'ranking AUC (mean over structures) |', '|---|---|---|---|---|---|---|---|']
+    for row in args.rows:
+        share, radii = parse_row(row)
+        for method in METHODS:
+            dice = [results.get(f'jsrt|{row}|{s}|{method}', {}).get('dice') for s in ('lungs', 'heart', 'clavicles')]
+            aucs = [results.get(f'jsrt|{row}|{s}|{method}', {}).get('auc_train') for s in args.structures]
+            aucs = [a for a in aucs if a is not None]
+            done = [d for d in dice if d is not None]
+            seed = SEED_TABLE.get(('0' if radii is None else row, method))
+            cells = [f'{_fmt(d)} ({seed[i]:.3f})' if seed else _fmt(d) for i, d in enumerate(dice)]
+            mean = sum(done) / len(done) if len(done) == 3 else None
+            cells.append(f'{_fmt(mean)} ({seed[3]:.3f})' if seed else _fmt(mean))
+            degree = '-' if radii is None else f'{radii[0]}-{radii[1]}; {"-".join(map(str, scaled(radii, args.size)))}'
+            lines.append(f'| {share:.0%} | {degree} | {method} | ' + ' | '.join(cells) +
+                         f' | {_fmt(sum(aucs) / len(aucs)) if aucs else "-"} |')
+    if args.hippocampus:
+        lines += ['', f'Hippocampus ({args.hippocampus}), fold 0 validation cases against their clean labels:', '',
+                  '| method | anterior | posterior | mean | ranking AUC |', '|---|---|---|---|---|']
+        for method in METHODS:
+            run = results.get(f'hippocampus|{args.hippocampus}|{method}', {})
+            dice = run.get('dice') or {}
+            values = [dice.get('anterior'), dice.get('posterior')]
+            mean = sum(values) / 2 if None not in values else None
+            lines.append(f'| {method} | {_fmt(values[0])} | {_fmt(values[1])} | {_fmt(mean)} | '
+                         f'{_fmt(run.get("auc_train"))} |')
+    return '\n'.join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--rows', nargs='+', default=['0', '50:5-13', '75:5-13'],
+                        help="'0' or 'SHARE:MIN-MAX' (percent, pixels at 256 px), seed 002's rows")
+    parser.add_argument('--structures', nargs='+', default=list(STRUCTURE_IDS), choices=list(STRUCTURE_IDS))
+    parser.add_argument('--size', type=int, default=128, help='JSRT image size (the data are 256 px)')
+    parser.add_argument('--hippocampus', default=None, help="e.g. '50:1-3' (share:voxel radius range)")
+    parser.add_argument('--skip_jsrt', action='store_true')
+    parser.add_argument('--workdir', default=os.path.join(ROOT, 'bench', 'results', 'noisy_labels'))
+    args = parser.parse_args()
+    ws = Workspace(args.workdir)
+    results_path = os.path.join(args.workdir, 'results.json')
+    results = json.load(open(results_path)) if os.path.isfile(results_path) else {}
+    if not args.skip_jsrt:
+        run_jsrt(ws, args, results, results_path)
+    if args.hippocampus:
+        run_hippocampus(ws, args.hippocampus, results, results_path)
+    table = tables(results, args)
+    print(table)
+    with open(os.path.join(args.workdir, 'table.md'), 'w') as f:
+        f.write(table + '\n')
+
+
+if __name__ == '__main__':
+    main()
