@@ -33,7 +33,7 @@ class Workspace:
             os.makedirs(folder, exist_ok=True)
         self.env = nnunet_command_environment(folders)
         self.env['nnUNet_extTrainer'] = trainer_path()
-        self.env.setdefault('nnUNet_n_proc_DA', '1')
+        self.env['nnUNet_n_proc_DA'] = '1'  # one augmentation worker: two cores in all
         os.environ.update({k: self.env[k] for k in (*folders, 'nnUNet_extTrainer')})
         self.log = open(os.path.join(self.root, 'commands.log'), 'a')
 

@@ -5,7 +5,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_ras.training import baselines, quality_weighting, trainers
 from nnunet_ras.training.schedules import short_schedule
 
-BENCH = (15, 20)  # epochs, iterations per epoch: 300 iterations
+BENCH = (8, 20)  # epochs, iterations per epoch: 160 iterations
 FINE_TUNE = (5, 20)  # LRDEHL fine-tuning from the BENCH checkpoint of nnUNetTrainerRAS
 
 for _trainer in (nnUNetTrainer, trainers.nnUNetTrainerRAS, trainers.nnUNetTrainerRAS_DiceCE,
