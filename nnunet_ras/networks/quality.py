@@ -60,15 +60,28 @@ def overfitting_control(raw_scores: torch.Tensor, ocm_lambda: Optional[float]) -
     return raw_scores if ocm_lambda is None else ocm_lambda * torch.tanh(raw_scores)
 
 
-def quality_weights(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax over the batch, scaled so the weights sum to the batch size (all 1 when the scores are equal)."""
-    return torch.softmax(scores, 0) * scores.shape[0]
+def quality_weights(scores: torch.Tensor, judged: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Softmax over the batch, scaled so the weights sum to the batch size (all 1 when the scores are equal).
+
+    ``judged`` (bool per sample) limits the weighting to samples that hold a contour: the others (a patch of pure
+    background) keep weight 1, because their per-sample Dice is poor whatever the label's quality, and the QAM would
+    otherwise learn to down-weight empty patches instead of wrong contours.
+    """
+    if judged is None or bool(judged.all()):
+        return torch.softmax(scores, 0) * scores.shape[0]
+    weights = torch.ones_like(scores)
+    if bool(judged.any()):
+        weights = weights.masked_scatter(judged, torch.softmax(scores[judged], 0) * judged.sum())
+    return weights
 
 
 def one_hot_label(target: torch.Tensor, num_channels: int, has_regions: bool) -> torch.Tensor:
-    """nnU-Net's (B, 1, ...) label map as (B, C, ...) float channels; region targets are already channels."""
+    """nnU-Net's (B, 1, ...) label map as (B, C, ...) float channels; region targets are already channels.
+
+    Values outside 0..C-1 (the ignore label, which is the largest label and has no channel) give all-zero channels,
+    as ``ranking.label_channels`` does; negative values count as background."""
     if has_regions:
         return target.float()
-    onehot = torch.zeros((target.shape[0], num_channels, *target.shape[2:]), device=target.device)
-    return onehot.scatter_(1, target.long().clamp_min(0), 1)
+    onehot = torch.zeros((target.shape[0], num_channels + 1, *target.shape[2:]), device=target.device)
+    return onehot.scatter_(1, target.long().clamp(0, num_channels), 1)[:, :num_channels]
 

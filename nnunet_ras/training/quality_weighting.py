@@ -2,7 +2,8 @@
 
 A quality assessment network (QAM) scores each (image, label) pair of a batch; the optional OCM bounds the score to
 (-lambda, lambda); a softmax over the batch turns scores into weights that sum to the batch size; each sample's
-segmentation loss (the trainer's own loss, evaluated on that sample alone) is weighted by its weight. The QAM learns
+segmentation loss (the trainer's own loss, evaluated on that sample alone) is weighted by its weight. Patches without
+any foreground keep weight 1 (see ``quality_weights``). The QAM learns
 jointly with the segmentation network through that weighted loss, with its own Adam optimiser.
 
 Only training changes: validation, the exported network and ``nnUNetv2_predict`` are ordinary nnU-Net. The QAM's
@@ -60,6 +61,13 @@ class QualityWeighting:
                                self.label_manager.has_regions)
         return overfitting_control(self.qam(data, labels), self.ocm_lambda)
 
+    def holds_contour(self, full_resolution_target: torch.Tensor) -> torch.Tensor:
+        """Per sample: does the label hold any foreground (the ignore label does not count)?"""
+        labels = one_hot_label(full_resolution_target, self.label_manager.num_segmentation_heads,
+                               self.label_manager.has_regions)
+        foreground = labels if self.label_manager.has_regions else labels[:, 1:]
+        return foreground.flatten(1).any(1)
+
     def per_sample_losses(self, output, target) -> torch.Tensor:
         """The trainer's own loss (deep supervision included) on each sample of the batch alone."""
         batch_size = (output[0] if isinstance(output, (list, tuple)) else output).shape[0]
@@ -75,8 +83,9 @@ class QualityWeighting:
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
             output = self.network(data)
             losses = self.per_sample_losses(output, target)
-            scores = self.quality_scores(data, target[0] if isinstance(target, list) else target).float()
-            weights = quality_weights(scores)
+            full_resolution = target[0] if isinstance(target, list) else target
+            scores = self.quality_scores(data, full_resolution).float()
+            weights = quality_weights(scores, judged=self.holds_contour(full_resolution))
             loss = (weights * losses).mean()
         optimizers = (self.optimizer, self.qam_optimizer)
         if self.grad_scaler is not None:
