@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluation_commands(sub)
     from nnunet_ras.noise.cli import add_noise_commands
     add_noise_commands(sub)
+    from nnunet_ras.quality.cli import add_quality_commands
+    add_quality_commands(sub)
     return parser
 
 
