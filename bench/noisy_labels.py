@@ -56,6 +56,11 @@ def scaled(radii, size: int):
     return tuple(max(1, int(r * size / 256 + 0.5)) for r in radii)
 
 
+def noisy_name(structure: str, row: str) -> str:
+    """The corrupted data set's name, e.g. JSRTLungsNoisy50r5to13."""
+    return f'JSRT{structure.capitalize()}Noisy{row.replace(":", "r").replace("-", "to")}'
+
+
 def _ranking_auc(folder: str):
     path = os.path.join(folder, 'fold_0', 'quality_ranking.json')
     if not os.path.isfile(path):
@@ -89,8 +94,7 @@ def run_jsrt(ws: Workspace, args, results: dict, results_path: str) -> None:
         radii = scaled(radii, args.size) if radii else None
         for s, structure in enumerate(args.structures):
             source = STRUCTURE_IDS[structure]
-            dataset_id = _dataset_for_row(ws, source, row, radii, 810 + 10 * r + s,
-                                          f'JSRT{structure.capitalize()}Noisy{row.replace(":", "r").replace("-", "to")}')
+            dataset_id = _dataset_for_row(ws, source, row, radii, 810 + 10 * r + s, noisy_name(structure, row))
             if not os.path.isdir(ws.path('nnUNet_preprocessed', os.path.basename(ws.dataset_folder(dataset_id)),
                                          'nnUNetBenchPlans_2d')):
                 make_bench_plans(ws, dataset_id, '2d')
