@@ -182,7 +182,7 @@ def main() -> None:
     parser.add_argument('--rows', nargs='+', default=['0', '50:5-13', '75:5-13'],
                         help="'0' or 'SHARE:MIN-MAX' (percent, pixels at 256 px), seed 002's rows")
     parser.add_argument('--structures', nargs='+', default=list(STRUCTURE_IDS), choices=list(STRUCTURE_IDS))
-    parser.add_argument('--size', type=int, default=128, help='JSRT image size (the data are 256 px)')
+    parser.add_argument('--size', type=int, default=64, help='JSRT image size (the data are 256 px)')
     parser.add_argument('--hippocampus', default=None, help="e.g. '50:1-3' (share:voxel radius range)")
     parser.add_argument('--skip_jsrt', action='store_true')
     parser.add_argument('--workdir', default=os.path.join(ROOT, 'bench', 'results', 'noisy_labels'))

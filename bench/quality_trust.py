@@ -29,7 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--workdir', default=os.path.join(ROOT, 'bench', 'results', 'noisy_labels'))
     parser.add_argument('--row', default='50:5-13', help='the noisy_labels.py row whose QAM+OCM models are used')
-    parser.add_argument('--size', type=int, default=128)
+    parser.add_argument('--size', type=int, default=64)
     parser.add_argument('--versions', type=int, default=4, help='corrupted versions per test label')
     args = parser.parse_args()
     ws = Workspace(args.workdir)
