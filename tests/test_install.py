@@ -37,8 +37,8 @@ def test_every_trainer_class_is_found_by_nnunet(workspace):
     import inspect
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    from nnunet_ras.training import schedules, trainers
-    classes = [c for m in (trainers, schedules) for _, c in inspect.getmembers(m, inspect.isclass)
+    from nnunet_ras.training import baselines, schedules, trainers
+    classes = [c for m in (trainers, schedules, baselines) for _, c in inspect.getmembers(m, inspect.isclass)
                if issubclass(c, nnUNetTrainer) and c.__module__ == m.__name__]
     assert len(classes) >= 6
     for cls in classes:

@@ -52,20 +52,43 @@ class SeparableConv(nn.Module):
         return (self.mid_channels + self.out_channels) * _voxels(input_size)
 
 
+class FullConv(nn.Module):
+    """The unsplit 3x3x3 (2D: 3x3) convolution that ``SeparableConv`` replaces: the separable-conv ablation."""
+
+    def __init__(self, conv_op: Type[_ConvNd], in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__()
+        self.out_channels = out_channels
+        self.conv = conv_op(in_channels, out_channels, 3, padding=1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        return self.out_channels * _voxels(input_size)
+
+
+def make_conv(conv_op: Type[_ConvNd], in_channels: int, out_channels: int, bias: bool = True,
+              separable: bool = True) -> nn.Module:
+    """The RAS conv's 3x3x3 convolution: separable (the paper) or full (the ablation that isolates the split)."""
+    return (SeparableConv if separable else FullConv)(conv_op, in_channels, out_channels, bias)
+
+
 class SpatialAttention(nn.Module):
     """Spatial attention module (SAM): SE attention without the global pooling.
 
     SC (channels -> channels / reduction) -> ReLU -> SC (-> channels) -> sigmoid gives a voxel-wise map in (0, 1)
     that re-weights the input. Keeping the spatial dimensions keeps the spatial detail SE's pooling throws away.
+    ``separable=False`` uses full 3x3x3 convs instead of SCs (ablation).
     """
 
-    def __init__(self, conv_op: Type[_ConvNd], channels: int, reduction: int = 4, bias: bool = True):
+    def __init__(self, conv_op: Type[_ConvNd], channels: int, reduction: int = 4, bias: bool = True,
+                 separable: bool = True):
         super().__init__()
         reduced = max(1, channels // reduction)
         self.channels = channels
-        self.squeeze = SeparableConv(conv_op, channels, reduced, bias)
+        self.squeeze = make_conv(conv_op, channels, reduced, bias, separable)
         self.relu = nn.ReLU(inplace=True)
-        self.excite = SeparableConv(conv_op, reduced, channels, bias)
+        self.excite = make_conv(conv_op, reduced, channels, bias, separable)
 
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.excite(self.relu(self.squeeze(x))))
@@ -85,6 +108,9 @@ class RASConv(nn.Module):
     Path 2: the input (identity, or a 1x1(x1) projection + norm where the channel count changes). Without the norm,
     the sums of nine stacked RAS convs grew the logits' scale ~25-fold at initialisation and saturated the softmax.
     Output: path 1 + path 2.
+
+    Ablation switches (the paper's block has both on): ``attention=False`` drops the SAM (path 1 is used as is),
+    ``separable=False`` uses full 3x3x3 (2D: 3x3) convs in place of every SC, the SAM's included.
     """
 
     def __init__(self,
@@ -96,7 +122,9 @@ class RASConv(nn.Module):
                  nonlin: Optional[Type[nn.Module]] = None,
                  nonlin_kwargs: Optional[dict] = None,
                  attention_reduction: int = 4,
-                 conv_bias: bool = True):
+                 conv_bias: bool = True,
+                 attention: bool = True,
+                 separable: bool = True):
         super().__init__()
         self.out_channels = out_channels
 
@@ -109,10 +137,11 @@ class RASConv(nn.Module):
             return layers
 
         self.path = nn.Sequential(
-            SeparableConv(conv_op, in_channels, out_channels, conv_bias), *norm_nonlin(),
-            SeparableConv(conv_op, out_channels, out_channels, conv_bias), *norm_nonlin(),
+            make_conv(conv_op, in_channels, out_channels, conv_bias, separable), *norm_nonlin(),
+            make_conv(conv_op, out_channels, out_channels, conv_bias, separable), *norm_nonlin(),
         )
-        self.attention = SpatialAttention(conv_op, out_channels, attention_reduction, conv_bias)
+        self.attention = SpatialAttention(conv_op, out_channels, attention_reduction, conv_bias, separable) \
+            if attention else nn.Identity()
         if in_channels == out_channels:
             self.residual = nn.Identity()
         else:  # normalised like ResNet's projection shortcut, so that stacked residual sums keep their scale
@@ -123,8 +152,10 @@ class RASConv(nn.Module):
         return self.attention(self.path(x)) + self.residual(x)
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        size = sum(m.compute_conv_feature_map_size(input_size) for m in self.path if isinstance(m, SeparableConv))
-        size += self.attention.compute_conv_feature_map_size(input_size)
+        size = sum(m.compute_conv_feature_map_size(input_size) for m in self.path
+                   if isinstance(m, (SeparableConv, FullConv)))
+        if isinstance(self.attention, SpatialAttention):
+            size += self.attention.compute_conv_feature_map_size(input_size)
         if not isinstance(self.residual, nn.Identity):
             size += self.out_channels * _voxels(input_size)
         return size

@@ -34,7 +34,7 @@ class RASEncoder(nn.Module):
 
     def __init__(self, input_channels: int, features_per_stage: Sequence[int], conv_op: Type[_ConvNd],
                  strides: Sequence[Sequence[int]], conv_bias: bool, norm_op, norm_op_kwargs, nonlin, nonlin_kwargs,
-                 encoder_dropout: float, attention_reduction: int):
+                 encoder_dropout: float, attention_reduction: int, attention: bool = True, separable: bool = True):
         super().__init__()
         self.conv_op = conv_op
         self.output_channels = list(features_per_stage)
@@ -45,7 +45,7 @@ class RASEncoder(nn.Module):
         for features, stride in zip(features_per_stage, strides):
             layers = [pool_op(stride, stride)] if any(s > 1 for s in stride) else []
             layers.append(RASConv(conv_op, channels, features, norm_op, norm_op_kwargs, nonlin, nonlin_kwargs,
-                                  attention_reduction, conv_bias))
+                                  attention_reduction, conv_bias, attention, separable))
             if encoder_dropout > 0:
                 layers.append(nn.Dropout(encoder_dropout))
             stages.append(nn.Sequential(*layers))
@@ -90,7 +90,8 @@ class RASDecoder(nn.Module):
     """
 
     def __init__(self, encoder: RASEncoder, num_classes: int, deep_supervision: bool, conv_bias: bool,
-                 norm_op, norm_op_kwargs, nonlin, nonlin_kwargs, attention_reduction: int):
+                 norm_op, norm_op_kwargs, nonlin, nonlin_kwargs, attention_reduction: int, attention: bool = True,
+                 separable: bool = True):
         super().__init__()
         self.deep_supervision = deep_supervision
         self.encoder_channels = encoder.output_channels
@@ -101,7 +102,7 @@ class RASDecoder(nn.Module):
             below, skip = encoder.output_channels[s], encoder.output_channels[s - 1]
             upsamplers.append(UpsampleHalving(encoder.conv_op, below, skip, conv_bias))
             stages.append(RASConv(encoder.conv_op, 2 * skip, skip, norm_op, norm_op_kwargs, nonlin, nonlin_kwargs,
-                                  attention_reduction, conv_bias))
+                                  attention_reduction, conv_bias, attention, separable))
             seg_layers.append(encoder.conv_op(skip, num_classes, 1, 1, 0, bias=True))
         self.upsamplers = nn.ModuleList(upsamplers)
         self.stages = nn.ModuleList(stages)
@@ -151,6 +152,7 @@ class RASUNet(nn.Module):
         attention_reduction: channel reduction ratio inside the spatial attention module.
         intensity_window: per input channel ``(low, high)`` or ``None``; windowed channels are clipped and scaled to
             [-1, 1] inside the network (the paper's CT window is ``(-150, 150)``).
+        attention, separable: ablation switches of every RAS conv (see ``RASConv``); the paper's model has both.
 
     ``forward`` returns logits: no softmax, nnU-Net applies its own nonlinearity.
     """
@@ -170,7 +172,9 @@ class RASUNet(nn.Module):
                  deep_supervision: bool = False,
                  encoder_dropout: float = 0.5,
                  attention_reduction: int = 4,
-                 intensity_window: Optional[Sequence[Optional[Sequence[float]]]] = None):
+                 intensity_window: Optional[Sequence[Optional[Sequence[float]]]] = None,
+                 attention: bool = True,
+                 separable: bool = True):
         super().__init__()
         dim = 3 if issubclass(conv_op, nn.Conv3d) else 2
         if isinstance(features_per_stage, int):
@@ -185,9 +189,10 @@ class RASUNet(nn.Module):
         self.window = IntensityWindow(intensity_window) \
             if intensity_window is not None and any(w is not None for w in intensity_window) else nn.Identity()
         self.encoder = RASEncoder(input_channels, features_per_stage, conv_op, strides, conv_bias, norm_op,
-                                  norm_op_kwargs, nonlin, nonlin_kwargs, encoder_dropout, attention_reduction)
+                                  norm_op_kwargs, nonlin, nonlin_kwargs, encoder_dropout, attention_reduction,
+                                  attention, separable)
         self.decoder = RASDecoder(self.encoder, num_classes, deep_supervision, conv_bias, norm_op, norm_op_kwargs,
-                                  nonlin, nonlin_kwargs, attention_reduction)
+                                  nonlin, nonlin_kwargs, attention_reduction, attention, separable)
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         return self.decoder(self.encoder(self.window(x)))
@@ -209,13 +214,14 @@ class RASUNet(nn.Module):
 def ras_kwargs_from_plan(arch_kwargs: dict) -> dict:
     """RAS U-Net arguments from any nnU-Net U-Net plan (PlainConvUNet, ResidualEncoderUNet or RASUNet).
 
-    Keeps the plan's topology; RAS-specific arguments already in the plan (dropout, attention, window) are kept.
+    Keeps the plan's topology; RAS-specific arguments already in the plan (dropout, attention, window, ablation
+    switches) are kept.
     """
     missing = [k for k in ('n_stages', 'features_per_stage', 'conv_op', 'strides') if k not in arch_kwargs]
     if missing:
         raise KeyError(f"the plan's architecture has no {missing}: it does not describe a U-Net that RAS U-Net "
                        f"can be built from")
-    ras_only = ('encoder_dropout', 'attention_reduction', 'intensity_window')
+    ras_only = ('encoder_dropout', 'attention_reduction', 'intensity_window', 'attention', 'separable')
     return {k: arch_kwargs[k] for k in _TOPOLOGY_KEYS + ras_only if k in arch_kwargs}
 
 

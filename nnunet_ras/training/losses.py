@@ -1,0 +1,93 @@
+"""Seed 003's losses, as nnU-Net loss modules: logits and nnU-Net's targets in, a scalar out.
+
+Targets come as nnU-Net gives them: a label map (B, 1, ...) or, for region training, a one-hot (B, R, ...) tensor.
+Wrap them with ``with_deep_supervision`` for deep-supervision outputs.
+"""
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from torch import nn
+
+
+def _one_hot(target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """nnU-Net's target as a one-hot tensor of ``like``'s shape (already one-hot for region training)."""
+    if target.shape == like.shape:
+        return target.to(like.dtype)
+    one_hot = torch.zeros_like(like)
+    return one_hot.scatter_(1, target.long(), 1)
+
+
+class SquaredDenominatorDiceLoss(nn.Module):
+    """V-Net's Dice loss: 1 - (2 sum(p y) + e) / (sum p^2 + sum y^2 + e), e = 1 (seed 003), mean over classes.
+
+    Squaring the denominator's terms makes the gradient push uncertain probabilities to 0 or 1. Sums run over the
+    batch and all voxels (``batch_dice``, as the RAS trainer's Dice) or per sample; the background class counts only
+    with ``do_bg``.
+    """
+
+    def __init__(self, apply_nonlin: Optional[Callable] = None, batch_dice: bool = True, do_bg: bool = False,
+                 smooth: float = 1.):
+        super().__init__()
+        self.apply_nonlin, self.batch_dice, self.do_bg, self.smooth = apply_nonlin, batch_dice, do_bg, smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        p = self.apply_nonlin(logits) if self.apply_nonlin is not None else logits
+        y = _one_hot(target, p)
+        if not self.do_bg:
+            p, y = p[:, 1:], y[:, 1:]
+        axes = (0, *range(2, p.ndim)) if self.batch_dice else tuple(range(2, p.ndim))
+        intersection = (p * y).sum(axes)
+        denominator = (p * p).sum(axes) + (y * y).sum(axes)
+        return 1 - ((2 * intersection + self.smooth) / (denominator + self.smooth)).mean()
+
+
+def hard_negative_mask(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """The negatives LRDEHL keeps: the ``max(#positives, 1)`` highest-scoring voxels that are not positive (all
+    negatives if there are fewer). With no positive, the single most confident false positive is kept, so a class
+    absent from the batch still pushes its worst false positive down."""
+    flat_scores, flat_positives = scores.reshape(-1), positives.reshape(-1)
+    n_keep = min(max(int(flat_positives.sum()), 1), int((~flat_positives).sum()))
+    mask = torch.zeros_like(flat_positives)
+    if n_keep > 0:
+        negative_scores = flat_scores.detach().masked_fill(flat_positives, -float('inf'))
+        mask[torch.topk(negative_scores, n_keep).indices] = True
+    return mask.reshape(positives.shape)
+
+
+class LRDEHLoss(nn.Module):
+    """Label-related dropout element hinge loss (seed 003), for fine-tuning near convergence.
+
+    Per foreground class over the whole batch: keep every positive voxel and, of the negatives, only the
+    highest-scoring ones, as many as there are positives (``hard_negative_mask``); the loss is the mean absolute
+    (``power=1``, MAE) or squared (``power=2``, MSE) error of the class probability on the kept voxels, summed and
+    divided by the positive count (by 1 when the class has no positive). Mean over classes. Every other voxel is
+    dropped, so the easy background, which dominates tumour images, no longer dilutes the gradient.
+    """
+
+    def __init__(self, apply_nonlin: Optional[Callable] = None, do_bg: bool = False, power: int = 1):
+        super().__init__()
+        if power not in (1, 2):
+            raise ValueError(f"power is 1 (MAE) or 2 (MSE), got {power}")
+        self.apply_nonlin, self.do_bg, self.power = apply_nonlin, do_bg, power
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        p = self.apply_nonlin(logits) if self.apply_nonlin is not None else logits
+        y = _one_hot(target, p).bool()
+        first_class = 0 if self.do_bg else 1
+        losses = []
+        for c in range(first_class, p.shape[1]):
+            probability, positives = p[:, c], y[:, c]
+            kept = positives | hard_negative_mask(probability, positives)
+            error = torch.where(positives, 1 - probability, probability)[kept].pow(self.power)
+            losses.append(error.sum() / max(int(positives.sum()), 1))
+        return torch.stack(losses).mean()
+
+
+def with_deep_supervision(loss: nn.Module, num_outputs: int) -> DeepSupervisionWrapper:
+    """nnU-Net's deep-supervision weighting: 1/2^i per output, the coarsest ignored, normalised to sum 1."""
+    weights = np.array([1 / (2 ** i) for i in range(num_outputs)])
+    weights[-1] = 0
+    return DeepSupervisionWrapper(loss, weights / weights.sum())
+
