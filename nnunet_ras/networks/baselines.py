@@ -27,6 +27,8 @@ from dynamic_network_architectures.initialization.weight_init import InitWeights
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from nnunet_ras.networks.ras_unet import StagedEncoder
+
 _PLAIN_UNET_KEYS = ('n_stages', 'features_per_stage', 'conv_op', 'kernel_sizes', 'strides', 'n_conv_per_stage',
                     'n_conv_per_stage_decoder', 'conv_bias', 'norm_op', 'norm_op_kwargs', 'dropout_op',
                     'dropout_op_kwargs', 'nonlin', 'nonlin_kwargs')
@@ -177,7 +179,7 @@ class ResidualConvStage(nn.Module):
         return maps * self.out_channels * int(np.prod(input_size, dtype=np.int64))
 
 
-class VNetEncoder(nn.Module):
+class VNetEncoder(StagedEncoder):
     """Per stage: a strided conv (kernel = stride, as V-Net's 2x2x2 down-convolution) into the stage's width where
     the plan pools, then a residual conv stage."""
 
@@ -198,13 +200,6 @@ class VNetEncoder(nn.Module):
             stages.append(nn.Sequential(*layers))
             channels = features
         self.stages = nn.ModuleList(stages)
-
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        skips = []
-        for stage in self.stages:
-            x = stage(x)
-            skips.append(x)
-        return skips
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         size = 0

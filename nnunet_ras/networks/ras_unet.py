@@ -26,7 +26,18 @@ def _stride_list(stride: Union[int, Sequence[int]], dim: int) -> List[int]:
     return [int(stride)] * dim if np.isscalar(stride) else [int(s) for s in stride]
 
 
-class RASEncoder(nn.Module):
+class StagedEncoder(nn.Module):
+    """An encoder whose ``stages`` (an ``nn.ModuleList``) each feed the next; every stage's output is a skip."""
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        skips = []
+        for stage in self.stages:
+            x = stage(x)
+            skips.append(x)
+        return skips
+
+
+class RASEncoder(StagedEncoder):
     """Per stage: max-pool by the plan's stride (if any), one RAS conv, dropout (the paper's p = 0.5).
 
     The dropped-out features feed both the next stage and the skip connection, as in the paper's U-Net.
@@ -51,13 +62,6 @@ class RASEncoder(nn.Module):
             stages.append(nn.Sequential(*layers))
             channels = features
         self.stages = nn.ModuleList(stages)
-
-    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        skips = []
-        for stage in self.stages:
-            x = stage(x)
-            skips.append(x)
-        return skips
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         size = 0
