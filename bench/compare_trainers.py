@@ -18,7 +18,7 @@ from nnunet_ras.training.bench_schedules import BENCH, FINE_TUNE
 SCHEDULE = f'{BENCH[0]}epochs_{BENCH[1]}iters'
 TRAINERS = ['nnUNetTrainer', 'nnUNetTrainerRAS', 'nnUNetTrainerSEUNet', 'nnUNetTrainerResSEUNet', 'nnUNetTrainerVNet',
             'nnUNetTrainerHybrid25D', 'nnUNetTrainerRAS_NoAttention', 'nnUNetTrainerRAS_NoSeparable',
-            'nnUNetTrainerRAS_NoDropout', 'nnUNetTrainerRAS_SquaredDice', 'nnUNetTrainerRAS_DiceCE']
+            'nnUNetTrainerRAS_NoDropout', 'nnUNetTrainerRAS_SquaredDice']
 FINE_TUNED = f'nnUNetTrainerRAS_LRDEHL_{FINE_TUNE[0]}epochs_{FINE_TUNE[1]}iters'
 PLANS, CONFIGURATION, DATASET = 'nnUNetBenchPlans', '3d_fullres', 4
 
