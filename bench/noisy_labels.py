@@ -1,7 +1,7 @@
 """Seed 002's noisy-label experiment with stock nnU-Net commands: baseline vs QAM vs QAM + OCM, Dice on clean test
 labels, on JSRT (lungs, heart, clavicles as three binary 2D tasks) and on Hippocampus (3D).
 
-    python bench/noisy_labels.py [--rows 0 50:5-13 75:5-13] [--structures lungs heart clavicles] [--size 128]
+    python bench/noisy_labels.py [--rows 0 50:5-13 75:5-13] [--structures lungs heart clavicles] [--size 64]
                                  [--hippocampus 50:1-3] [--workdir bench/results/noisy_labels]
 
 Per row and structure: ``nnunet-ras corrupt-labels`` (seed 0, dilate or erode, radius range given in pixels of the
