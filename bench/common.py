@@ -80,6 +80,15 @@ def make_bench_plans(ws: Workspace, dataset_id: int, configuration: str,
     return BENCH_PLANS
 
 
+def copy_bench_plans(ws: Workspace, source_id: int, target_id: int, configuration: str) -> str:
+    """The source data set's light plans for a copy of it (e.g. with corrupted labels), then preprocessing: the
+    same plans for both, and no second fingerprint."""
+    ws.run(['nnUNetv2_move_plans_between_datasets', '-s', str(source_id), '-t', str(target_id), '-sp', BENCH_PLANS])
+    ws.run(['nnUNetv2_preprocess', '-d', str(target_id), '-plans_name', BENCH_PLANS, '-c', configuration,
+            '-np', '2'])
+    return BENCH_PLANS
+
+
 def model_folder(ws: Workspace, dataset_id: int, trainer: str, plans: str, configuration: str) -> str:
     name = os.path.basename(glob.glob(ws.path('nnUNet_preprocessed', f'Dataset{dataset_id:03d}_*'))[0])
     return ws.path('nnUNet_results', name, f'{trainer}__{plans}__{configuration}')

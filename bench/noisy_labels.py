@@ -16,7 +16,8 @@ import json
 import os
 import shutil
 
-from common import ROOT, SHARED_DATA, Workspace, make_bench_plans, model_folder, train_and_test
+from common import (ROOT, SHARED_DATA, Workspace, copy_bench_plans, make_bench_plans, model_folder,
+                    train_and_test)
 
 from nnunet_ras.training.bench_schedules import BENCH
 
@@ -95,9 +96,12 @@ def run_jsrt(ws: Workspace, args, results: dict, results_path: str) -> None:
         for s, structure in enumerate(args.structures):
             source = STRUCTURE_IDS[structure]
             dataset_id = _dataset_for_row(ws, source, row, radii, 810 + 10 * r + s, noisy_name(structure, row))
-            if not os.path.isdir(ws.path('nnUNet_preprocessed', os.path.basename(ws.dataset_folder(dataset_id)),
+            if not os.path.isdir(ws.path('nnUNet_preprocessed', os.path.basename(ws.dataset_folder(source)),
                                          'nnUNetBenchPlans_2d')):
-                make_bench_plans(ws, dataset_id, '2d')
+                make_bench_plans(ws, source, '2d')
+            if dataset_id != source and not os.path.isdir(ws.path(
+                    'nnUNet_preprocessed', os.path.basename(ws.dataset_folder(dataset_id)), 'nnUNetBenchPlans_2d')):
+                copy_bench_plans(ws, source, dataset_id, '2d')
             folder = ws.dataset_folder(source)
             for method, trainer in METHODS.items():
                 key = f'jsrt|{row}|{structure}|{method}'
