@@ -8,6 +8,7 @@ size, spacing, normalisation and topology stay nnU-Net's.
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -83,7 +84,9 @@ def make_bench_plans(ws: Workspace, dataset_id: int, configuration: str,
 def copy_bench_plans(ws: Workspace, source_id: int, target_id: int, configuration: str) -> str:
     """The source data set's light plans for a copy of it (e.g. with corrupted labels), then preprocessing: the
     same plans for both, and no second fingerprint."""
-    os.makedirs(ws.path('nnUNet_preprocessed', os.path.basename(ws.dataset_folder(target_id))), exist_ok=True)
+    target = ws.path('nnUNet_preprocessed', os.path.basename(ws.dataset_folder(target_id)))
+    os.makedirs(target, exist_ok=True)  # what nnU-Net's planning step would have made: the folder, dataset.json
+    shutil.copy(os.path.join(ws.dataset_folder(target_id), 'dataset.json'), target)
     ws.run(['nnUNetv2_move_plans_between_datasets', '-s', str(source_id), '-t', str(target_id), '-sp', BENCH_PLANS])
     ws.run(['nnUNetv2_preprocess', '-d', str(target_id), '-plans_name', BENCH_PLANS, '-c', configuration,
             '-np', '2'])
