@@ -87,6 +87,9 @@ def copy_bench_plans(ws: Workspace, source_id: int, target_id: int, configuratio
     target = ws.path('nnUNet_preprocessed', os.path.basename(ws.dataset_folder(target_id)))
     os.makedirs(target, exist_ok=True)  # what nnU-Net's planning step would have made: the folder, dataset.json
     shutil.copy(os.path.join(ws.dataset_folder(target_id), 'dataset.json'), target)
+    # the source's fingerprint (same images), which the trainer reads; the plans come from the source anyway
+    source = ws.path('nnUNet_preprocessed', os.path.basename(ws.dataset_folder(source_id)))
+    shutil.copy(os.path.join(source, 'dataset_fingerprint.json'), target)
     ws.run(['nnUNetv2_move_plans_between_datasets', '-s', str(source_id), '-t', str(target_id), '-sp', BENCH_PLANS])
     ws.run(['nnUNetv2_preprocess', '-d', str(target_id), '-plans_name', BENCH_PLANS, '-c', configuration,
             '-np', '2'])
