@@ -14,7 +14,6 @@ set, so it is scored on the clean labels of fold 0's validation cases. Results a
 import argparse
 import json
 import os
-import shutil
 
 from common import (ROOT, SHARED_DATA, Workspace, copy_bench_plans, make_bench_plans, model_folder,
                     train_and_test)

@@ -18,8 +18,7 @@ from typing import List, Optional, Sequence, Type, Union
 import numpy as np
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
-from dynamic_network_architectures.building_blocks.helper import (convert_conv_op_to_dim, get_matching_convtransp,
-                                                                  get_matching_pool_op)
+from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim, get_matching_convtransp
 from dynamic_network_architectures.building_blocks.regularization import SqueezeExcite
 from dynamic_network_architectures.building_blocks.residual import BasicBlockD
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU, StackedConvBlocks
@@ -27,7 +26,7 @@ from dynamic_network_architectures.initialization.weight_init import InitWeights
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from nnunet_ras.networks.ras_unet import StagedEncoder
+from nnunet_ras.networks.ras_unet import StagedDecoder, StagedEncoder
 
 _PLAIN_UNET_KEYS = ('n_stages', 'features_per_stage', 'conv_op', 'kernel_sizes', 'strides', 'n_conv_per_stage',
                     'n_conv_per_stage_decoder', 'conv_bias', 'norm_op', 'norm_op_kwargs', 'dropout_op',
@@ -209,7 +208,7 @@ class VNetEncoder(StagedEncoder):
         return int(size)
 
 
-class VNetDecoder(nn.Module):
+class VNetDecoder(StagedDecoder):
     """Per stage: transposed conv (kernel = stride) to the skip's width, concatenation with the skip, a residual
     conv stage, a 1x1 seg head. ``deep_supervision`` as in nnU-Net's decoders (list, highest resolution first)."""
 
@@ -233,29 +232,8 @@ class VNetDecoder(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.seg_layers = nn.ModuleList(seg_layers)
 
-    def forward(self, skips: List[torch.Tensor]) -> Union[torch.Tensor, List[torch.Tensor]]:
-        x = skips[-1]
-        outputs = []
-        for s, (up, stage, seg) in enumerate(zip(self.upsamplers, self.stages, self.seg_layers)):
-            x = stage(torch.cat((up(x), skips[-(s + 2)]), 1))
-            if self.deep_supervision or s == len(self.stages) - 1:
-                outputs.append(seg(x))
-        outputs = outputs[::-1]
-        return outputs if self.deep_supervision else outputs[0]
-
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        sizes = []
-        for stride in self.encoder_strides[:-1]:
-            input_size = [i // s for i, s in zip(input_size, stride)]
-            sizes.append(input_size)
-        total = 0
-        for s, stage in enumerate(self.stages):
-            size = sizes[-(s + 1)]
-            voxels = int(np.prod(size, dtype=np.int64))
-            total += stage.out_channels * voxels + stage.compute_conv_feature_map_size(size)  # up-conv + stage
-            if self.deep_supervision or s == len(self.stages) - 1:
-                total += self.num_classes * voxels
-        return int(total)
+    def upsample(self, upsampler: nn.Module, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return upsampler(x)  # a transposed conv: the stride gives the skip's size
 
 
 class VNet(nn.Module):

@@ -6,7 +6,7 @@ z's logits. The module takes (B, C, D, H, W) and returns (B, K, D, H, W), so nnU
 configuration and stock ``nnUNetv2_predict`` treat it as any 3D network.
 """
 import pydoc
-from typing import List, Sequence, Type
+from typing import Sequence, Type
 
 import numpy as np
 import torch

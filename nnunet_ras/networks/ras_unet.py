@@ -86,7 +86,43 @@ class UpsampleHalving(nn.Module):
         return nn.functional.interpolate(self.project(x), size=tuple(size), mode='nearest')
 
 
-class RASDecoder(nn.Module):
+class StagedDecoder(nn.Module):
+    """A U-Net decoder made of ``upsamplers``, ``stages`` and ``seg_layers`` (coarsest first): per stage, up-sample,
+    concatenate the skip, run the stage, and (with ``deep_supervision``) a seg head. Subclasses build the lists and
+    set ``deep_supervision``, ``encoder_strides`` and ``num_classes``; ``upsample`` says how an up-sampler is called.
+    """
+
+    def upsample(self, upsampler: nn.Module, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return upsampler(x, skip.shape[2:])
+
+    def forward(self, skips: List[torch.Tensor]) -> Union[torch.Tensor, List[torch.Tensor]]:
+        x = skips[-1]
+        outputs = []
+        for s, (up, stage, seg) in enumerate(zip(self.upsamplers, self.stages, self.seg_layers)):
+            skip = skips[-(s + 2)]
+            x = stage(torch.cat((self.upsample(up, x, skip), skip), 1))
+            if self.deep_supervision or s == len(self.stages) - 1:
+                outputs.append(seg(x))
+        outputs = outputs[::-1]
+        return outputs if self.deep_supervision else outputs[0]
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        sizes = []
+        for stride in self.encoder_strides[:-1]:
+            input_size = [i // s for i, s in zip(input_size, stride)]
+            sizes.append(input_size)
+        total = 0
+        for s, stage in enumerate(self.stages):
+            size = sizes[-(s + 1)]
+            voxels = int(np.prod(size, dtype=np.int64))
+            total += stage.out_channels * voxels  # the up-sampling conv
+            total += stage.compute_conv_feature_map_size(size)
+            if self.deep_supervision or s == len(self.stages) - 1:
+                total += self.num_classes * voxels
+        return int(total)
+
+
+class RASDecoder(StagedDecoder):
     """Up-sampling (halving channels), skip concatenation, one RAS conv, a 1x1 seg head per stage.
 
     ``deep_supervision`` (switched by nnU-Net's trainer through ``network.decoder.deep_supervision``) returns one
@@ -111,33 +147,6 @@ class RASDecoder(nn.Module):
         self.upsamplers = nn.ModuleList(upsamplers)
         self.stages = nn.ModuleList(stages)
         self.seg_layers = nn.ModuleList(seg_layers)
-
-    def forward(self, skips: List[torch.Tensor]) -> Union[torch.Tensor, List[torch.Tensor]]:
-        x = skips[-1]
-        outputs = []
-        for s, (up, stage, seg) in enumerate(zip(self.upsamplers, self.stages, self.seg_layers)):
-            skip = skips[-(s + 2)]
-            x = stage(torch.cat((up(x, skip.shape[2:]), skip), 1))
-            if self.deep_supervision or s == len(self.stages) - 1:
-                outputs.append(seg(x))
-        outputs = outputs[::-1]
-        return outputs if self.deep_supervision else outputs[0]
-
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        sizes = []
-        for stride in self.encoder_strides[:-1]:
-            input_size = [i // s for i, s in zip(input_size, stride)]
-            sizes.append(input_size)
-        total = 0
-        for s, stage in enumerate(self.stages):
-            size = sizes[-(s + 1)]
-            voxels = int(np.prod(size))
-            total += stage.out_channels * voxels  # the up-sampling conv
-            total += stage.compute_conv_feature_map_size(size)
-            if self.deep_supervision or s == len(self.stages) - 1:
-                total += self.num_classes * voxels
-        return int(total)
-
 
 class RASUNet(nn.Module):
     """Residual attention separable U-Net.

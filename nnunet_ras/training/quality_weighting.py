@@ -13,7 +13,6 @@ can score new contours with it). At the end of training the fold folder gets ``q
 import os
 from typing import Dict, List, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from dynamic_network_architectures.building_blocks.helper import convert_dim_to_conv_op
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
