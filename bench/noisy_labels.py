@@ -6,9 +6,9 @@ labels, on JSRT (lungs, heart, clavicles as three binary 2D tasks) and on Hippoc
 
 Per row and structure: ``nnunet-ras corrupt-labels`` (seed 0, dilate or erode, radius range given in pixels of the
 256-pixel images and scaled to ``--size``) -> light plans (bench/common.py) -> ``nnUNetv2_train`` fold 0 for each
-method on the BENCH schedule -> ``nnUNetv2_predict`` on the 100 clean test images -> Dice. The QAM runs also give the
-ROC AUC of their training-case quality ranking against the corruption manifest. Hippocampus has no labelled test
-set, so it is scored on the clean labels of fold 0's validation cases. Results accumulate in ``results.json``
+method on the NOISY_LABELS schedule -> ``nnUNetv2_predict`` on the 100 clean test images -> Dice. The QAM runs also
+give the ROC AUC of their training-case quality ranking against the corruption manifest. Hippocampus has no labelled
+test set, so it is scored on the clean labels of fold 0's validation cases. Results accumulate in ``results.json``
 (finished runs are skipped on a re-run) and the tables are printed in Markdown.
 """
 import argparse
@@ -18,9 +18,9 @@ import os
 from common import (ROOT, SHARED_DATA, Workspace, copy_bench_plans, make_bench_plans, model_folder,
                     train_and_test)
 
-from nnunet_ras.training.bench_schedules import BENCH
+from nnunet_ras.training.bench_schedules import NOISY_LABELS
 
-SCHEDULE = f'{BENCH[0]}epochs_{BENCH[1]}iters'
+SCHEDULE = f'{NOISY_LABELS[0]}epochs_{NOISY_LABELS[1]}iters'
 METHODS = {'baseline': f'nnUNetTrainer_{SCHEDULE}', 'QAM': f'nnUNetTrainerQAM_NoOCM_{SCHEDULE}',
            'QAM+OCM': f'nnUNetTrainerQAM_{SCHEDULE}'}
 STRUCTURE_IDS = {'lungs': 801, 'heart': 802, 'clavicles': 803}
@@ -103,7 +103,7 @@ def run_jsrt(ws: Workspace, args, results: dict, results_path: str) -> None:
                 copy_bench_plans(ws, source, dataset_id, '2d')
             folder = ws.dataset_folder(source)
             for method, trainer in METHODS.items():
-                key = f'jsrt|{row}|{structure}|{method}'
+                key = f'jsrt|{SCHEDULE}|{row}|{structure}|{method}'
                 if key in results:
                     continue
                 run = train_and_test(ws, dataset_id, '2d', trainer, 'nnUNetBenchPlans', '0',
@@ -127,7 +127,7 @@ def run_hippocampus(ws: Workspace, row: str, results: dict, results_path: str) -
         make_bench_plans(ws, dataset_id, '3d_fullres', batch_size=4)
     from nnunet_ras.evaluation.evaluate import evaluate_folder
     for method, trainer in METHODS.items():
-        key = f'hippocampus|{row}|{method}'
+        key = f'hippocampus|{SCHEDULE}|{row}|{method}'
         if key in results:
             continue
         seconds = ws.run(['nnUNetv2_train', str(dataset_id), '3d_fullres', '0', '-tr', trainer, '-p',
@@ -149,15 +149,17 @@ def _fmt(value) -> str:
 
 
 def tables(results: dict, args) -> str:
-    lines = [f'JSRT at {args.size} px, fold 0 of 5 (80 training cases), {BENCH[0]} epochs x {BENCH[1]} iterations, '
+    lines = [f'JSRT at {args.size} px, fold 0 of 5 (80 training cases), {NOISY_LABELS[0]} epochs x '
+             f'{NOISY_LABELS[1]} iterations, '
              f'light plans; Dice on the 100 clean test labels. Seed values in brackets.', '',
              '| noisy share | degree (px at 256; at this size) | method | lungs | heart | clavicles | mean | '
              'ranking AUC (mean over structures) |', '|---|---|---|---|---|---|---|---|']
     for row in args.rows:
         share, radii = parse_row(row)
         for method in METHODS:
-            dice = [results.get(f'jsrt|{row}|{s}|{method}', {}).get('dice') for s in ('lungs', 'heart', 'clavicles')]
-            aucs = [results.get(f'jsrt|{row}|{s}|{method}', {}).get('auc_train') for s in args.structures]
+            runs = {s: results.get(f'jsrt|{SCHEDULE}|{row}|{s}|{method}', {}) for s in STRUCTURE_IDS}
+            dice = [runs[s].get('dice') for s in ('lungs', 'heart', 'clavicles')]
+            aucs = [runs[s].get('auc_train') for s in args.structures]
             aucs = [a for a in aucs if a is not None]
             done = [d for d in dice if d is not None]
             seed = SEED_TABLE.get(('0' if radii is None else row, method))
@@ -171,7 +173,7 @@ def tables(results: dict, args) -> str:
         lines += ['', f'Hippocampus ({args.hippocampus}), fold 0 validation cases against their clean labels:', '',
                   '| method | anterior | posterior | mean | ranking AUC |', '|---|---|---|---|---|']
         for method in METHODS:
-            run = results.get(f'hippocampus|{args.hippocampus}|{method}', {})
+            run = results.get(f'hippocampus|{SCHEDULE}|{args.hippocampus}|{method}', {})
             dice = run.get('dice') or {}
             values = [dice.get('anterior'), dice.get('posterior')]
             mean = sum(values) / 2 if None not in values else None
