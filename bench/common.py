@@ -35,6 +35,9 @@ class Workspace:
         self.env = nnunet_command_environment(folders)
         self.env['nnUNet_extTrainer'] = trainer_path()
         self.env['nnUNet_n_proc_DA'] = '1'  # one augmentation worker: two cores in all
+        # one export worker for the validation at the end of training (nnU-Net's default spawns 8, each importing
+        # torch: that alone took 45 s of a 2-minute JSRT run)
+        self.env['nnUNet_def_n_proc'] = '1'
         os.environ.update({k: self.env[k] for k in (*folders, 'nnUNet_extTrainer')})
         self.log = open(os.path.join(self.root, 'commands.log'), 'a')
 
