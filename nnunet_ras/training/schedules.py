@@ -41,7 +41,7 @@ SMOKE_TEST = (1, 5)  # the schedule every trainer's stock train-and-predict test
 
 for _trainer in (nnUNetTrainer, nnUNetTrainerRAS, nnUNetTrainerRAS_DiceCE):
     short_schedule(_trainer, *SMOKE_TEST, doc='Smoke-test schedule (tests, installation checks).')
-short_schedule(nnUNetTrainerRAS, 30, 25, doc='The demo schedule: about ten minutes on two CPU cores for the phantom.')
+short_schedule(nnUNetTrainerRAS, 30, 25, doc='The demo schedule: about 13 minutes on two CPU cores for the phantom.')
 
 
 class nnUNetTrainerRAS_2epochs_5iters(ShortSchedule, nnUNetTrainerRAS):
