@@ -6,6 +6,7 @@ The tests of this module build on each other in file order and share one workspa
 import glob
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -92,15 +93,23 @@ def test_find_best_configuration_and_ensemble_ras_with_default(tiny_phantom):
         assert np.mean(expected == ensembled) > 0.99
 
 
-def _train_until_epoch_1_then_kill(ws, cmd, log_path, timeout=600):
+def _logged_epochs(log: str) -> set:
+    """The epochs an nnU-Net training log says it started ('<time>: Epoch 3 ')."""
+    return {int(n) for n in re.findall(r': Epoch (\d+)\s*$', log, flags=re.MULTILINE)}
+
+
+def _train_until_epoch_1_then_kill(ws, cmd, fold, log_path, timeout=600):
+    """Start training and kill it once epoch 0's checkpoint is written. Watches nnU-Net's own training log (written
+    and closed line by line), not the command's stdout, which is block-buffered unless PYTHONUNBUFFERED is set."""
     with open(log_path, 'w') as log:
         process = subprocess.Popen(cmd, env=ws.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + timeout
     try:
         while time.time() < deadline and process.poll() is None:
-            if 'Epoch 1' in open(log_path).read():  # printed after epoch 0's checkpoint was written
+            logs = glob.glob(os.path.join(fold, 'training_log_*.txt'))
+            if logs and 1 in _logged_epochs(open(logs[0]).read()):  # logged after epoch 0's checkpoint was written
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
@@ -123,7 +132,7 @@ def test_ras_planner_plans_train_continue_and_stock_predict(tiny_phantom):
     cmd = ['nnUNetv2_train', DATASET, '3d_fullres', '0', '-tr', trainer, '-p', 'nnUNetRASPlans', '-device', 'cpu']
     fold = os.path.join(_model_folder(ws, trainer, 'nnUNetRASPlans'), 'fold_0')
     start = time.time()
-    _train_until_epoch_1_then_kill(ws, cmd, os.path.join(ws.root, 'stopped_run.log'))
+    _train_until_epoch_1_then_kill(ws, cmd, fold, os.path.join(ws.root, 'stopped_run.log'))
     assert os.path.isfile(os.path.join(fold, 'checkpoint_latest.pth'))
     assert not os.path.isfile(os.path.join(fold, 'checkpoint_final.pth'))
     logs_before = set(glob.glob(os.path.join(fold, 'training_log_*.txt')))
@@ -133,7 +142,7 @@ def test_ras_planner_plans_train_continue_and_stock_predict(tiny_phantom):
     STEP_TIMES['nnUNetv2_train RAS plans, stopped after epoch 0, then --c'] = time.time() - start
     assert os.path.isfile(os.path.join(fold, 'checkpoint_final.pth'))
     continued_log = open((set(glob.glob(os.path.join(fold, 'training_log_*.txt'))) - logs_before).pop()).read()
-    assert 'Epoch 1' in continued_log and 'Epoch 0\n' not in continued_log  # resumed, not restarted
+    assert _logged_epochs(continued_log) == {1}  # resumed, not restarted
 
     _predict(ws, os.path.join(ws.root, 'pred_ras_plans'), trainer, 'nnUNetRASPlans',
              step='nnUNetv2_predict RAS plans (default worker processes)')
