@@ -12,6 +12,7 @@ test set, so it is scored on the clean labels of fold 0's validation cases. Resu
 (finished runs are skipped on a re-run) and the tables are printed in Markdown.
 """
 import argparse
+import glob
 import json
 import os
 
@@ -75,26 +76,32 @@ def _save(results: dict, path: str) -> None:
     os.replace(path + '.part', path)
 
 
-def _dataset_for_row(ws: Workspace, source_id: int, row: str, radii, next_id: int, name: str) -> int:
+def _dataset_for_row(ws: Workspace, source_id: int, row: str, radii, name: str) -> int:
+    """The corrupted copy of ``source_id`` for this row, found by its name or made under the first free id from 810
+    (ids do not depend on the order of ``--rows``)."""
     fraction, _ = parse_row(row)
     if radii is None:
         return source_id
-    if not [f for f in os.listdir(ws.env['nnUNet_raw']) if f.startswith(f'Dataset{next_id:03d}_')]:
-        ws.run(['nnunet-ras', 'corrupt-labels', '-d', str(source_id), '-o', str(next_id), '-name', name,
-                '-fraction', str(fraction), '-radius', str(radii[0]), str(radii[1]), '-seed', '0'])
-    return next_id
+    existing = glob.glob(ws.path('nnUNet_raw', f'Dataset8[1-9][0-9]_{name}'))
+    if existing:
+        return int(os.path.basename(existing[0])[7:10])
+    taken = {int(os.path.basename(f)[7:10]) for f in glob.glob(ws.path('nnUNet_raw', 'Dataset[0-9][0-9][0-9]_*'))}
+    dataset_id = min(set(range(810, 1000)) - taken)
+    ws.run(['nnunet-ras', 'corrupt-labels', '-d', str(source_id), '-o', str(dataset_id), '-name', name,
+            '-fraction', str(fraction), '-radius', str(radii[0]), str(radii[1]), '-seed', '0'])
+    return dataset_id
 
 
 def run_jsrt(ws: Workspace, args, results: dict, results_path: str) -> None:
     if not os.path.isdir(ws.path('nnUNet_raw', 'Dataset801_JSRTLungs')):
         ws.run(['nnunet-ras', 'jsrt-to-dataset', '-i', os.path.join(SHARED_DATA, 'jsrt_scr_256'), '-d', '801',
                 '-size', str(args.size)])
-    for r, row in enumerate(args.rows):
+    for row in args.rows:
         _, radii = parse_row(row)
         radii = scaled(radii, args.size) if radii else None
-        for s, structure in enumerate(args.structures):
+        for structure in args.structures:
             source = STRUCTURE_IDS[structure]
-            dataset_id = _dataset_for_row(ws, source, row, radii, 810 + 10 * r + s, noisy_name(structure, row))
+            dataset_id = _dataset_for_row(ws, source, row, radii, noisy_name(structure, row))
             if not os.path.isdir(ws.path('nnUNet_preprocessed', os.path.basename(ws.dataset_folder(source)),
                                          'nnUNetBenchPlans_2d')):
                 make_bench_plans(ws, source, '2d')
@@ -121,7 +128,7 @@ def run_hippocampus(ws: Workspace, row: str, results: dict, results_path: str) -
     if not os.path.exists(link):
         os.symlink(os.path.join(SHARED_DATA, 'Dataset004_Hippocampus'), link)
     _, radii = parse_row(row)
-    dataset_id = _dataset_for_row(ws, 4, row, radii, 840, 'HippocampusNoisy')
+    dataset_id = _dataset_for_row(ws, 4, row, radii, f'HippocampusNoisy{row.replace(":", "r").replace("-", "to")}')
     if not os.path.isdir(ws.path('nnUNet_preprocessed', os.path.basename(ws.dataset_folder(dataset_id)),
                                  'nnUNetBenchPlans_3d_fullres')):
         make_bench_plans(ws, dataset_id, '3d_fullres', batch_size=4)
