@@ -60,6 +60,11 @@ class Workspace:
     def dataset_folder(self, dataset_id: int) -> str:
         return glob.glob(self.path('nnUNet_raw', f'Dataset{dataset_id:03d}_*'))[0]
 
+    def dataset_ids(self) -> Dict[str, int]:
+        """The raw data sets, name -> id."""
+        folders = glob.glob(self.path('nnUNet_raw', 'Dataset[0-9][0-9][0-9]_*'))
+        return {os.path.basename(f)[11:]: int(os.path.basename(f)[7:10]) for f in folders}
+
 
 def make_bench_plans(ws: Workspace, dataset_id: int, configuration: str,
                      features: Sequence[int] = SEED002_FEATURES, batch_size: Optional[int] = None) -> str:

@@ -12,7 +12,6 @@ test set, so it is scored on the clean labels of fold 0's validation cases. Resu
 (finished runs are skipped on a re-run) and the tables are printed in Markdown.
 """
 import argparse
-import glob
 import json
 import os
 
@@ -57,9 +56,13 @@ def scaled(radii, size: int):
     return tuple(max(1, int(r * size / 256 + 0.5)) for r in radii)
 
 
-def noisy_name(structure: str, row: str) -> str:
+def noisy_name(prefix: str, row: str) -> str:
     """The corrupted data set's name, e.g. JSRTLungsNoisy50r5to13."""
-    return f'JSRT{structure.capitalize()}Noisy{row.replace(":", "r").replace("-", "to")}'
+    return f'{prefix}Noisy{row.replace(":", "r").replace("-", "to")}'
+
+
+def jsrt_noisy_name(structure: str, row: str) -> str:
+    return noisy_name(f'JSRT{structure.capitalize()}', row)
 
 
 def _ranking_auc(folder: str):
@@ -82,11 +85,10 @@ def _dataset_for_row(ws: Workspace, source_id: int, row: str, radii, name: str) 
     fraction, _ = parse_row(row)
     if radii is None:
         return source_id
-    existing = glob.glob(ws.path('nnUNet_raw', f'Dataset8[1-9][0-9]_{name}'))
-    if existing:
-        return int(os.path.basename(existing[0])[7:10])
-    taken = {int(os.path.basename(f)[7:10]) for f in glob.glob(ws.path('nnUNet_raw', 'Dataset[0-9][0-9][0-9]_*'))}
-    dataset_id = min(set(range(810, 1000)) - taken)
+    datasets = ws.dataset_ids()
+    if name in datasets:
+        return datasets[name]
+    dataset_id = min(set(range(810, 1000)) - set(datasets.values()))
     ws.run(['nnunet-ras', 'corrupt-labels', '-d', str(source_id), '-o', str(dataset_id), '-name', name,
             '-fraction', str(fraction), '-radius', str(radii[0]), str(radii[1]), '-seed', '0'])
     return dataset_id
@@ -101,7 +103,7 @@ def run_jsrt(ws: Workspace, args, results: dict, results_path: str) -> None:
         radii = scaled(radii, args.size) if radii else None
         for structure in args.structures:
             source = STRUCTURE_IDS[structure]
-            dataset_id = _dataset_for_row(ws, source, row, radii, noisy_name(structure, row))
+            dataset_id = _dataset_for_row(ws, source, row, radii, jsrt_noisy_name(structure, row))
             if not os.path.isdir(ws.path('nnUNet_preprocessed', os.path.basename(ws.dataset_folder(source)),
                                          'nnUNetBenchPlans_2d')):
                 make_bench_plans(ws, source, '2d')
@@ -128,7 +130,7 @@ def run_hippocampus(ws: Workspace, row: str, results: dict, results_path: str) -
     if not os.path.exists(link):
         os.symlink(os.path.join(SHARED_DATA, 'Dataset004_Hippocampus'), link)
     _, radii = parse_row(row)
-    dataset_id = _dataset_for_row(ws, 4, row, radii, f'HippocampusNoisy{row.replace(":", "r").replace("-", "to")}')
+    dataset_id = _dataset_for_row(ws, 4, row, radii, noisy_name('Hippocampus', row))
     if not os.path.isdir(ws.path('nnUNet_preprocessed', os.path.basename(ws.dataset_folder(dataset_id)),
                                  'nnUNetBenchPlans_3d_fullres')):
         make_bench_plans(ws, dataset_id, '3d_fullres', batch_size=4)

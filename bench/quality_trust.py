@@ -18,7 +18,7 @@ import SimpleITK as sitk
 from scipy.stats import spearmanr
 
 from common import ROOT, Workspace, model_folder
-from noisy_labels import METHODS, STRUCTURE_IDS, noisy_name, parse_row, scaled
+from noisy_labels import METHODS, STRUCTURE_IDS, jsrt_noisy_name, parse_row, scaled
 
 from nnunet_ras.evaluation.metrics import dice
 from nnunet_ras.noise.corrupt import corrupt_label_map
@@ -39,9 +39,8 @@ def main() -> None:
     lines = ['| structure | test labels x versions | Spearman rho (score vs true Dice) | p |', '|---|---|---|---|']
     results = {}
     for structure, source in STRUCTURE_IDS.items():
-        noisy = glob.glob(ws.path('nnUNet_raw', f'Dataset*_{noisy_name(structure, args.row)}'))
-        folder = noisy and model_folder(ws, int(os.path.basename(noisy[0])[7:10]), METHODS['QAM+OCM'],
-                                        'nnUNetBenchPlans', '2d')
+        noisy_id = ws.dataset_ids().get(jsrt_noisy_name(structure, args.row))
+        folder = noisy_id and model_folder(ws, noisy_id, METHODS['QAM+OCM'], 'nnUNetBenchPlans', '2d')
         if not folder or not os.path.isfile(os.path.join(folder, 'fold_0', 'checkpoint_final.pth')):
             continue
         model = QualityModel(folder, '0', device='cpu')
