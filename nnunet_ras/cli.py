@@ -101,16 +101,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raise_terminated(signal_number, frame) -> None:
+    from nnunet_ras.errors import Terminated
+    raise Terminated(signal_number)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Runs one command. A user mistake (``UserInputError``) is one line on stderr and exit code 2; SIGTERM and
+    Ctrl-C remove the command's temporary output and exit with 143 / 130; anything else is a bug and keeps its
+    traceback, with a line saying so."""
+    import signal
+    import threading
+    from nnunet_ras.errors import Terminated, UserInputError
     args = build_parser().parse_args(argv)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.func(args)
-    except Exception as e:
-        from nnunet_ras.dataset_checks import DatasetError
-        if isinstance(e, DatasetError):
-            print(f"nnunet-ras: error: {e}", file=sys.stderr)
-            return 2
-        raise
+    except UserInputError as e:
+        print(f"nnunet-ras: error: {e}", file=sys.stderr)
+        return 2
+    except Terminated as e:
+        print(f"nnunet-ras: {e}; temporary output removed, nothing incomplete was written", file=sys.stderr)
+        return 128 + e.signal_number
+    except KeyboardInterrupt:
+        print("nnunet-ras: interrupted; temporary output removed, nothing incomplete was written", file=sys.stderr)
+        return 130
+    except Exception:
+        import traceback
+        traceback.print_exc()
+        print(f"nnunet-ras: internal error in '{args.command}' (a bug in nnunet-ras or a library it calls, not a "
+              f"problem with your input): please report it with the traceback above", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == '__main__':

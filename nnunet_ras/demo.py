@@ -9,8 +9,8 @@ import time
 from typing import Dict, List
 
 import numpy as np
-import SimpleITK as sitk
 
+from nnunet_ras._io import read_image
 from nnunet_ras.installation import nnunet_command_environment
 from nnunet_ras.evaluation.metrics import dice
 from nnunet_ras.phantom import LABELS
@@ -41,8 +41,8 @@ def tumour_dice_table(prediction_folder: str, reference_folder: str) -> Dict[str
     for name in sorted(os.listdir(reference_folder)):
         if not name.endswith('.nii.gz'):
             continue
-        reference = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(reference_folder, name)))
-        prediction = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(prediction_folder, name)))
+        reference = read_image(os.path.join(reference_folder, name), 'label').array
+        prediction = read_image(os.path.join(prediction_folder, name), 'label').array
         scores[name[:-len('.nii.gz')]] = {label: dice(prediction, reference, value)
                                           for label, value in LABELS.items() if value > 0}
     return scores

@@ -4,7 +4,6 @@ The demo and the tests need a CT-like data set that ships with nothing: each cas
 muscle, spine) with a liver-like organ holding one or two hypodense tumours, at about 0.8 x 0.8 x 3 mm. Labels:
 0 background, 1 liver, 2 tumour.
 """
-import json
 import os
 from dataclasses import dataclass
 from typing import Tuple
@@ -12,6 +11,8 @@ from typing import Tuple
 import numpy as np
 import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter
+
+from nnunet_ras._io import write_image_atomically, write_json_atomically
 
 LABELS = {'background': 0, 'liver': 1, 'tumour': 2}
 
@@ -67,9 +68,7 @@ def make_case(rng: np.random.Generator, geometry: PhantomGeometry = PhantomGeome
 def _write(array: np.ndarray, spacing_zyx, path: str) -> None:
     img = sitk.GetImageFromArray(array)
     img.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
-    tmp = path + '.part.nii.gz'
-    sitk.WriteImage(img, tmp, useCompression=True)
-    os.replace(tmp, path)  # never leave a half-written case behind
+    write_image_atomically(img, path)  # never leave a half-written case behind
 
 
 def write_phantom_dataset(raw_folder: str, dataset_id: int = 501, name: str = 'LiverPhantom',
@@ -89,6 +88,5 @@ def write_phantom_dataset(raw_folder: str, dataset_id: int = 501, name: str = 'L
     dataset_json = {'channel_names': {'0': 'CT'}, 'labels': LABELS, 'numTraining': num_train,
                     'file_ending': '.nii.gz', 'name': name,
                     'description': 'synthetic anisotropic abdominal CT phantom (nnunet_ras)'}
-    with open(os.path.join(folder, 'dataset.json'), 'w') as f:
-        json.dump(dataset_json, f, indent=2)
+    write_json_atomically(os.path.join(folder, 'dataset.json'), dataset_json)
     return folder

@@ -3,10 +3,10 @@ from typing import Optional, Sequence
 
 from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset, preprocess_dataset
 from nnunetv2.paths import nnUNet_raw
-from nnunetv2.utilities.dataset_name_id_conversion import convert_id_to_dataset_name
 from batchgenerators.utilities.file_and_folder_operations import join
 
 from nnunet_ras.dataset_checks import check_raw_dataset
+from nnunet_ras.dataset_ids import resolve_dataset
 from nnunet_ras.planning.planner import nnUNetPlannerRAS
 
 
@@ -24,7 +24,7 @@ def plan_and_preprocess(dataset_id: int,
                         verbose: bool = False,
                         show_progress_bar: bool = True) -> str:
     """Runs the three nnU-Net steps for one data set and returns the plans identifier."""
-    check_raw_dataset(join(nnUNet_raw, convert_id_to_dataset_name(dataset_id)))
+    check_raw_dataset(join(nnUNet_raw, resolve_dataset(str(dataset_id))))
     extract_fingerprint_dataset(dataset_id, num_processes=num_processes_fingerprint,
                                 check_dataset_integrity=verify_dataset_integrity, clean=clean, verbose=verbose,
                                 show_progress_bar=show_progress_bar)

@@ -42,8 +42,10 @@ def _dicom_info(args) -> int:
 def _dicom_to_dataset(args) -> int:
     from nnunetv2.paths import nnUNet_raw
     from nnunet_ras.dicom.convert import REPORT_NAME, convert_patients, parse_label_map
+    if not (args.o or nnUNet_raw):
+        raise DicomError("nnUNet_raw is not set: give the raw folder with -o or export nnUNet_raw")
     folder, reports = convert_patients(args.i, args.o or str(nnUNet_raw), args.d, args.name,
-                                       parse_label_map(args.l), args.allow_partial_series)
+                                       parse_label_map(args.l), args.allow_partial_series, overwrite=args.overwrite)
     for report in reports:
         print(report.line())
         for warning in report.warnings:
@@ -59,17 +61,29 @@ def _model_folders(args) -> list:
     if args.d is None:
         raise DicomError("give the model as -m MODEL_FOLDER [MODEL_FOLDER ...] or as -d DATASET [-tr -c -p]")
     from nnunetv2.utilities.file_path_utilities import get_output_folder
-    return [get_output_folder(args.d, args.tr, args.p, args.c)]
+    from nnunet_ras.dataset_ids import resolve_dataset
+    return [get_output_folder(resolve_dataset(args.d), args.tr, args.p, args.c)]
+
+
+def check_device(device: str) -> str:
+    """Refuses a device this machine does not have, before anything is loaded."""
+    import torch
+    if device == 'cuda' and not torch.cuda.is_available():
+        raise DicomError("-device cuda: no CUDA GPU is available on this machine; use -device cpu")
+    if device == 'mps' and not (getattr(torch.backends, 'mps', None) and torch.backends.mps.is_available()):
+        raise DicomError("-device mps: Apple MPS is not available on this machine; use -device cpu")
+    return device
 
 
 def _predict(args) -> int:
     from nnunet_ras.dicom.margins import parse_margin
     from nnunet_ras.dicom.predict import parse_style, predict_case
     import torch
-    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+    device = check_device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     report = predict_case(args.i, args.o, _model_folders(args), args.f, args.chk, device,
                           not args.disable_tta, parse_style(args.roi_names, args.roi_colors, args.roi_types),
-                          [parse_margin(m) for m in args.margin], args.series_uid, args.allow_missing_identity)
+                          [parse_margin(m) for m in args.margin], args.series_uid, args.allow_missing_identity,
+                          args.overwrite)
     for name, cc in report['volumes_cc'].items():
         print(f"{name:24s} {cc:10.2f} cc")
     for warning in report['warnings']:
@@ -108,12 +122,16 @@ def add_dicom_commands(subparsers) -> None:
     p.add_argument('--allow_partial_series', action='store_true',
                    help='convert patients whose RTSTRUCT has contours on slices missing from the CT (they are '
                         'left out); by default such patients are skipped')
+    p.add_argument('--overwrite', action='store_true',
+                   help='replace an existing data set of this id and name whole (by default a run into it adds new '
+                        'patients, only when the labels are the same, and skips patients already in it)')
     p.set_defaults(func=_dicom_to_dataset)
 
     p = subparsers.add_parser('predict', help='trained model(s) on a NIfTI or DICOM CT -> NIfTI (+ RTSTRUCT and '
                                               'DICOM SEG for DICOM input), with margins and volumes')
     p.add_argument('-i', required=True, help='a NIfTI file, or a folder with the DICOM CT series')
-    p.add_argument('-o', required=True, help='output folder')
+    p.add_argument('-o', required=True, help='output folder; must be new or empty (see --overwrite)')
+    p.add_argument('--overwrite', action='store_true', help='replace a non-empty output folder whole')
     p.add_argument('-m', nargs='+', default=None,
                    help='trained model folder(s) (Trainer__Plans__Configuration); several are ensembled')
     p.add_argument('-d', default=None, help='dataset name or ID, instead of -m')

@@ -7,14 +7,15 @@ only when every label is found exactly once; otherwise it is skipped with the re
 The per-patient report (found, missing, ambiguous and unmapped ROIs, warnings) goes to the terminal and to
 ``dicom_conversion_report.json`` in the data set folder.
 """
-import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_ras._io import write_image_atomically, write_json_atomically
 from nnunet_ras.dicom import DicomError
 from nnunet_ras.dicom.rtstruct import read_rtstruct, referenced_series_uids
 from nnunet_ras.dicom.series import DicomFolder, load_series, scan_folder
@@ -102,21 +103,11 @@ def _pick_rtstruct(found: DicomFolder) -> Tuple[str, str]:
 
 
 def _write_case(image: sitk.Image, label: np.ndarray, images_dir: str, labels_dir: str, case: str) -> None:
-    """Writes image and label under temporary names first, so that a failure leaves no half-finished case."""
+    """Writes image and label, each under its final name only when complete (``write_atomically``)."""
     label_image = sitk.GetImageFromArray(label.astype(np.uint8))
     label_image.CopyInformation(image)
-    targets = [(image, os.path.join(images_dir, f'{case}_0000.nii.gz')),
-               (label_image, os.path.join(labels_dir, f'{case}.nii.gz'))]
-    temporaries = [path[:-len('.nii.gz')] + '.part.nii.gz' for _, path in targets]
-    try:
-        for (img, _), tmp in zip(targets, temporaries):
-            sitk.WriteImage(img, tmp, useCompression=True)
-        for (_, path), tmp in zip(targets, temporaries):
-            os.replace(tmp, path)
-    finally:
-        for tmp in temporaries:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    write_image_atomically(image, os.path.join(images_dir, f'{case}_0000.nii.gz'))
+    write_image_atomically(label_image, os.path.join(labels_dir, f'{case}.nii.gz'))
 
 
 def convert_patient(patient_folder: str, label_map: Dict[str, List[str]], images_dir: str, labels_dir: str,
@@ -152,49 +143,89 @@ def convert_patient(patient_folder: str, label_map: Dict[str, List[str]], images
     return report
 
 
-def _dataset_folder(raw_folder: str, dataset_id: int, name: str) -> str:
-    prefix = f'Dataset{dataset_id:03d}_'
-    others = [d for d in os.listdir(raw_folder) if d.startswith(prefix) and d != prefix + name] \
-        if os.path.isdir(raw_folder) else []
-    if others:
-        raise DicomError(f"{raw_folder}: dataset ID {dataset_id} is taken by {others[0]}; choose another -d")
-    return os.path.join(raw_folder, prefix + name)
+def _existing_cases(folder: str, label_map: Dict[str, List[str]]) -> List[str]:
+    """The cases of an existing data set that this run may extend: refused when its label map or modality differs,
+    since the old cases would keep the old numbering under the new dataset.json."""
+    from nnunet_ras.dataset_checks import load_dataset_json
+    json_path = os.path.join(folder, 'dataset.json')
+    existing = load_dataset_json(json_path)
+    labels = {'background': 0, **{label: i for i, label in enumerate(label_map, start=1)}}
+    if list(existing['labels'].items()) != list(labels.items()):
+        raise DicomError(f"{folder}: exists with the labels {existing['labels']}, this run asks for {labels}; a data "
+                         f"set cannot mix label maps. Give the labels in the same order, choose another -d, or use "
+                         f"--overwrite to replace the data set")
+    if existing['channel_names'] != {'0': 'CT'}:
+        raise DicomError(f"{folder}: exists with the channels {existing['channel_names']}, not a CT data set; choose "
+                         f"another -d or use --overwrite")
+    labels_dir = os.path.join(folder, 'labelsTr')
+    return sorted(f[:-len('.nii.gz')] for f in os.listdir(labels_dir) if f.endswith('.nii.gz')
+                  and not f.startswith('.')) if os.path.isdir(labels_dir) else []
 
 
-def _write_json(data, path: str) -> None:
-    tmp = path + '.part'
-    with open(tmp, 'w') as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def convert_patients(input_folder: str, raw_folder: str, dataset_id: int, name: str,
                      label_map: Dict[str, List[str]], allow_partial_series: bool = False,
-                     patients: Optional[Sequence[str]] = None) -> Tuple[str, List[PatientReport]]:
+                     patients: Optional[Sequence[str]] = None, overwrite: bool = False
+                     ) -> Tuple[str, List[PatientReport]]:
     """Converts every patient sub-folder of ``input_folder``; returns (data set folder, reports).
 
-    dataset.json lists the labels and counts the cases present, so the data set can be extended by running again
-    with more patients. Raises DicomError when no patient could be converted.
+    The data set is written into a hidden work folder (``dataset_ids.claim_dataset``: the id must be free in raw,
+    preprocessed and results) and renamed into place when complete. Running again into an existing data set of the
+    same name extends it, only when the label map and modality are the same; its cases are kept (hard links) and
+    patients already in it are skipped with the reason. ``overwrite`` replaces the data set whole. Raises DicomError
+    when no patient could be converted; then nothing changes.
     """
+    from nnunet_ras.dataset_ids import check_id_and_name, claim_dataset
     if not os.path.isdir(input_folder):
         raise DicomError(f"{input_folder}: not a folder")
+    check_id_and_name(dataset_id, name)
     patients = sorted(patients or [d for d in os.listdir(input_folder)
                                    if os.path.isdir(os.path.join(input_folder, d)) and not d.startswith('.')])
     if not patients:
         raise DicomError(f"{input_folder}: no patient sub-folders (expected one folder per patient)")
-    folder = _dataset_folder(raw_folder, dataset_id, name)
-    images_dir, labels_dir = os.path.join(folder, 'imagesTr'), os.path.join(folder, 'labelsTr')
-    os.makedirs(images_dir, exist_ok=True)
-    os.makedirs(labels_dir, exist_ok=True)
-    reports = [convert_patient(os.path.join(input_folder, p), label_map, images_dir, labels_dir,
-                               allow_partial_series) for p in patients]
-    cases = sorted(f for f in os.listdir(labels_dir) if f.endswith('.nii.gz') and not f.endswith('.part.nii.gz'))
-    _write_json({'channel_names': {'0': 'CT'},
-                 'labels': {'background': 0, **{label: i for i, label in enumerate(label_map, start=1)}},
-                 'numTraining': len(cases), 'file_ending': '.nii.gz', 'name': name,
-                 'description': 'converted from DICOM CT + RTSTRUCT by nnunet-ras dicom-to-dataset',
-                 'roi_names': label_map}, os.path.join(folder, 'dataset.json'))
-    _write_json([asdict(r) for r in reports], os.path.join(folder, REPORT_NAME))
-    if not any(r.status == 'converted' for r in reports):
-        raise DicomError(f"{input_folder}: no patient could be converted:\n" + '\n'.join(r.line() for r in reports))
-    return folder, reports
+    if os.path.lexists(raw_folder) and not os.path.isdir(raw_folder):
+        raise DicomError(f"{raw_folder}: the raw folder (-o) is a file")
+    os.makedirs(raw_folder, exist_ok=True)
+    existing_folder = os.path.join(raw_folder, f'Dataset{dataset_id:03d}_{name}')
+    existing = _existing_cases(existing_folder, label_map) if os.path.isdir(existing_folder) and not overwrite \
+        else []
+    with claim_dataset(raw_folder, dataset_id, name, replace=os.path.isdir(existing_folder)) as claim:
+        folder = claim.work
+        images_dir, labels_dir = os.path.join(folder, 'imagesTr'), os.path.join(folder, 'labelsTr')
+        os.makedirs(images_dir)
+        os.makedirs(labels_dir)
+        for case in existing:
+            for sub, file_name in (('imagesTr', f'{case}_0000.nii.gz'), ('labelsTr', f'{case}.nii.gz')):
+                _link_or_copy(os.path.join(existing_folder, sub, file_name), os.path.join(folder, sub, file_name))
+        reports = []
+        for p in patients:
+            if p in existing:
+                reports.append(PatientReport(p, reason=f"already in {existing_folder} (kept; use --overwrite to "
+                                                       f"convert the data set again)"))
+                continue
+            reports.append(convert_patient(os.path.join(input_folder, p), label_map, images_dir, labels_dir,
+                                           allow_partial_series))
+        if not any(r.status == 'converted' for r in reports):
+            raise DicomError(f"{input_folder}: no patient could be converted:\n" +
+                             '\n'.join(r.line() for r in reports))
+        cases = sorted(f for f in os.listdir(labels_dir) if f.endswith('.nii.gz') and not f.startswith('.'))
+        roi_names = dict(label_map)
+        if existing:
+            from nnunet_ras.dataset_checks import load_dataset_json
+            for label, spellings in load_dataset_json(os.path.join(existing_folder, 'dataset.json')).get(
+                    'roi_names', {}).items():
+                roi_names[label] = list(dict.fromkeys(list(spellings) + roi_names.get(label, [])))
+        write_json_atomically(os.path.join(folder, 'dataset.json'), {
+            'channel_names': {'0': 'CT'},
+            'labels': {'background': 0, **{label: i for i, label in enumerate(label_map, start=1)}},
+            'numTraining': len(cases), 'file_ending': '.nii.gz', 'name': name,
+            'description': 'converted from DICOM CT + RTSTRUCT by nnunet-ras dicom-to-dataset',
+            'roi_names': roi_names})
+        write_json_atomically(os.path.join(folder, REPORT_NAME), [asdict(r) for r in reports])
+    return claim.target, reports

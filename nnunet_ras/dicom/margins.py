@@ -11,13 +11,14 @@ but never below the structure it grew from: the CTV always contains the GTV.
 """
 import re
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy.ndimage import distance_transform_edt
 
 from nnunet_ras.dicom import DicomError
 
+MAX_MARGIN_MM = 50.0  # clinical CTV/PTV margins are a few mm to about 2 cm; more is almost surely a typo (cm, x10)
 SPEC_PATTERN = re.compile(r'^\s*([^=+@]+?)\s*=\s*([^=+@]+?)\s*\+\s*([0-9.,\s]+?)\s*(?:@\s*([^=+@]+?)\s*)?$')
 
 
@@ -46,8 +47,11 @@ def parse_margin(text: str) -> MarginSpec:
         values = [float(v) for v in margin.split(',')]
     except ValueError:
         raise DicomError(f"margin {text!r}: {margin!r} is not a number of mm") from None
-    if len(values) not in (1, 3) or any(v < 0 for v in values):
+    if len(values) not in (1, 3) or any(not np.isfinite(v) or v < 0 for v in values):
         raise DicomError(f"margin {text!r}: give one margin or three (x, y, z), all >= 0 mm")
+    if any(v > MAX_MARGIN_MM for v in values):
+        raise DicomError(f"margin {text!r}: {max(values):g} mm is more than {MAX_MARGIN_MM:g} mm; margins are in mm "
+                         f"(not cm)")
     return MarginSpec(name, source, tuple(values * 3 if len(values) == 1 else values), confine)
 
 
@@ -70,6 +74,36 @@ def expand(mask: np.ndarray, spacing_zyx: Sequence[float], margin_xyz: Sequence[
     grown = np.zeros_like(mask)
     grown[box] = distance <= 1 + 1e-6  # voxels exactly one margin away belong to it
     return grown
+
+
+def check_margins(specs: Sequence[MarginSpec], structures: Sequence[str]) -> None:
+    """The name checks of ``apply_margins``, done before anything is computed: every source and confining structure
+    exists (or is made by an earlier spec) and no new name is taken."""
+    available = list(structures)
+    for spec in specs:
+        for needed in (spec.source, spec.confine):
+            if needed is not None and needed not in available:
+                raise DicomError(f"margin {spec.describe()}: no structure named {needed!r} "
+                                 f"(structures: {', '.join(available)})")
+        if spec.name in available:
+            raise DicomError(f"margin {spec.describe()}: a structure named {spec.name!r} exists already")
+        available.append(spec.name)
+
+
+def margin_warnings(masks: Dict[str, np.ndarray], made: Dict[str, np.ndarray],
+                    specs: Sequence[MarginSpec]) -> List[str]:
+    """Warnings for grown structures that reach the image border where their source does not: the margin runs
+    beyond the image and the structure is cut there."""
+    available = {**masks, **made}
+    warnings = []
+    for spec in specs:
+        grown, source = available[spec.name], available[spec.source]
+        faces = [(axis, side) for axis in range(grown.ndim) for side in (0, -1)
+                 if np.take(grown, side, axis=axis).any() and not np.take(source, side, axis=axis).any()]
+        if faces:
+            warnings.append(f"margin {spec.describe()}: the grown structure reaches the image border "
+                            f"({len(faces)} face(s)); it is cut there, the margin is incomplete")
+    return warnings
 
 
 def apply_margins(masks: Dict[str, np.ndarray], spacing_zyx: Sequence[float],

@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from nnunet_ras._io import write_atomically
 from nnunet_ras.dicom.rtstruct import Roi, write_rtstruct
 from nnunet_ras.dicom.series import CT_IMAGE_STORAGE, read_ct_series
 from nnunet_ras.phantom import LABELS, PhantomGeometry, make_case
@@ -62,9 +63,8 @@ def write_ct_series(image: sitk.Image, folder: str, patient_id: str, patient_nam
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = '-1024', '1', 'HU'
         ds.PixelData = stored[k].tobytes()
-        tmp = os.path.join(folder, f'.{ds.SOPInstanceUID}.part')
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, os.path.join(folder, f'CT_{rng.integers(1 << 40):012x}.dcm'))
+        write_atomically(os.path.join(folder, f'CT_{rng.integers(1 << 40):012x}.dcm'),
+                         lambda temporary: ds.save_as(temporary, enforce_file_format=True))
     return series_uid
 
 

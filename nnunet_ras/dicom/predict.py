@@ -5,18 +5,22 @@ or a plugin trainer on ``nnUNet_extTrainer``) and any set of folds works. Severa
 way ``nnUNetv2_ensemble`` does it: their class probabilities, each already on the input's grid, are averaged.
 Structures grown with margins (CTV, PTV) are added as extra ROIs and all volumes are reported in cc.
 """
+import hashlib
 import json
 import os
-import tempfile
+import re
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_ras._io import (atomic_folder, check_output_folder, read_image, write_image_atomically,
+                            write_json_atomically)
 from nnunet_ras.dicom import DicomError
-from nnunet_ras.dicom.margins import MarginSpec, apply_margins, volume_cc
-from nnunet_ras.dicom.rtstruct import RT_INTERPRETED_TYPES, Roi, write_rtstruct
+from nnunet_ras.dicom.margins import MarginSpec, apply_margins, check_margins, margin_warnings, volume_cc
+from nnunet_ras.dicom.rtstruct import (RT_INTERPRETED_TYPES, Roi, check_identity, check_roi_name,
+                                       check_rt_utils_grid, write_rtstruct)
 from nnunet_ras.dicom.seg import write_dicom_seg
 from nnunet_ras.dicom.series import CtSeries, label_on_series_grid, read_ct_series
 
@@ -65,49 +69,114 @@ def parse_style(names: Sequence[str], colors: Sequence[str], types: Sequence[str
     return style
 
 
-def _load_input(input_path: str, series_uid: Optional[str], workdir: str) -> Tuple[str, str, Optional[CtSeries]]:
-    """(case name, NIfTI path for nnU-Net, the DICOM series or None); DICOM is converted to NIfTI in ``workdir``."""
-    if os.path.isfile(input_path) and input_path.endswith(NIFTI_ENDINGS):
-        case = os.path.basename(input_path)
-        case = case[:-len('.nii.gz')] if case.endswith('.nii.gz') else case[:-len('.nii')]
-        return case[:-len('_0000')] if case.endswith('_0000') else case, input_path, None
-    if not os.path.isdir(input_path):
-        raise DicomError(f"{input_path}: neither a NIfTI file (.nii, .nii.gz) nor a folder of DICOM files")
-    series = read_ct_series(input_path, series_uid)
-    for warning in series.warnings:
-        print(f"warning: {warning}")
-    case = os.path.basename(os.path.normpath(input_path))
-    nifti = os.path.join(workdir, f'{case}_0000.nii.gz')
-    sitk.WriteImage(series.image, nifti, useCompression=True)
-    return case, nifti, series
+@dataclass
+class ModelInfo:
+    """What the checks before inference need to know of the model folder(s)."""
+    labels: Dict[str, object]  # dataset.json 'labels'
+    channel: str  # name of the single input channel ('CT' for CT models)
+    ndim: Optional[int]  # 2 or 3 (patch size of the configuration); None when the configuration is unknown
 
 
-def _check_model_folders(model_folders: Sequence[str], folds: Optional[Sequence[str]], checkpoint: str) -> None:
-    """Fails before any prediction when a folder is no model, lacks a fold, or has another label set."""
-    labels = {}
+def check_model_folders(model_folders: Sequence[str], folds: Optional[Sequence[str]], checkpoint: str) -> ModelInfo:
+    """Fails before any prediction when a folder is no model, lacks a fold, takes several channels, or has another
+    label set than the first; returns the labels, input channel and dimension of the models."""
+    from nnunet_ras.dataset_checks import load_dataset_json
+    if not model_folders:
+        raise DicomError("no model folder given")
+    labels, info = {}, None
     for folder in model_folders:
         for name in ('plans.json', 'dataset.json'):
             if not os.path.isfile(os.path.join(folder, name)):
                 raise DicomError(f"{folder}: not a trained nnU-Net model folder ({name} missing)")
-        missing = [f for f in (folds or []) if not os.path.isfile(os.path.join(folder, f'fold_{f}', checkpoint))]
-        if missing:
-            raise DicomError(f"{folder}: no {checkpoint} for fold(s) {', '.join(missing)}")
-        with open(os.path.join(folder, 'dataset.json')) as f:
-            dataset_json = json.load(f)
+        folds_here = folds or [d[len('fold_'):] for d in sorted(os.listdir(folder)) if d.startswith('fold_')]
+        missing = [f for f in folds_here if not os.path.isfile(os.path.join(folder, f'fold_{f}', checkpoint))]
+        if missing or not folds_here:
+            raise DicomError(f"{folder}: no {checkpoint} for fold(s) {', '.join(missing) or '(no fold folder)'}")
+        dataset_json = load_dataset_json(os.path.join(folder, 'dataset.json'))
         if len(dataset_json['channel_names']) != 1:
             raise DicomError(f"{folder}: the model takes {len(dataset_json['channel_names'])} input channels; "
                              f"predict handles single-channel CT models")
         labels[folder] = dataset_json['labels']
+        ndim = None
+        try:
+            with open(os.path.join(folder, 'plans.json')) as f:
+                configurations = json.load(f)['configurations']
+            configuration = os.path.basename(os.path.normpath(folder)).split('__')[-1]
+            if configuration in configurations:
+                patch_size = configurations[configuration].get('patch_size')
+                inherited = configurations[configuration].get('inherits_from')
+                if patch_size is None and inherited in configurations:
+                    patch_size = configurations[inherited].get('patch_size')
+                ndim = len(patch_size) if patch_size else None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DicomError(f"{os.path.join(folder, 'plans.json')}: not readable nnU-Net plans ({e})") from None
+        info = info or ModelInfo(dataset_json['labels'], str(next(iter(dataset_json['channel_names'].values()))),
+                                 ndim)
     first = model_folders[0]
     for folder, folder_labels in labels.items():
         if folder_labels != labels[first]:
             raise DicomError(f"{folder}: its labels {folder_labels} differ from those of {first} ({labels[first]}); "
                              f"only models of one label set can be ensembled")
+    return info
+
+
+_check_model_folders = check_model_folders  # the former private name
+
+
+def _safe(text: str) -> str:
+    return re.sub(r'[^A-Za-z0-9_\-]+', '-', text).strip('-')
+
+
+def case_name(input_path: str, series: Optional[CtSeries]) -> str:
+    """The output files' case name: the NIfTI file's name, or for DICOM the patient ID and a digest of the series
+    UID, so that two patients (or two series of one patient) never get the same name, whatever their folders."""
+    if series is None:
+        case = os.path.basename(input_path)
+        case = case[:-len('.nii.gz')] if case.endswith('.nii.gz') else case[:-len('.nii')]
+        return case[:-len('_0000')] if case.endswith('_0000') else case
+    identity = series.series_uid or os.path.abspath(series.folder)
+    return f"{_safe(series.patient_id) or 'anonymous'}_{hashlib.sha1(identity.encode()).hexdigest()[:8]}"
+
+
+def _check_input(input_path: str, series_uid: Optional[str], model: ModelInfo,
+                 allow_missing_identity: bool) -> Tuple[Optional[CtSeries], List[str]]:
+    """Reads and checks the input before inference: a verified NIfTI, or a DICOM CT series that an RTSTRUCT and SEG
+    can be written for (grid, identity); refuses a non-CT model on a CT series and 2D input to a 3D model."""
+    warnings: List[str] = []
+    is_ct_model = model.channel.casefold() == 'ct'
+    if os.path.isfile(input_path) and input_path.endswith(NIFTI_ENDINGS):
+        read_image(input_path, 'image', ndim=(3,) if model.ndim == 3 else (2, 3))
+        if not is_ct_model:
+            warnings.append(f"the model's input channel is {model.channel!r}, not CT: make sure {input_path} is "
+                            f"that modality")
+        return None, warnings
+    if not os.path.isdir(input_path):
+        raise DicomError(f"{input_path}: neither a NIfTI file (.nii, .nii.gz) nor a folder of DICOM files")
+    if not is_ct_model:
+        raise DicomError(f"the model's input channel is {model.channel!r}, not CT; it cannot segment the CT series "
+                         f"in {input_path}")
+    series = read_ct_series(input_path, series_uid)
+    check_rt_utils_grid(series)
+    check_identity(series, allow_missing_identity)
+    return series, list(series.warnings)
+
+
+def _roi_names(style: RoiStyle, labels: Dict[str, object]) -> Dict[str, str]:
+    """model label -> ROI name, after checking that --roi_names only names labels the model has."""
+    unknown = set(style.names) - set(labels)
+    if unknown:
+        raise DicomError(f"--roi_names: the model has no label(s) {sorted(unknown)} (labels: "
+                         f"{', '.join(k for k in labels if k != 'background')})")
+    return {label: style.names.get(label, label) for label, value in labels.items()
+            if label != 'background' and isinstance(value, int)}
 
 
 def predict_probabilities(model_folders: Sequence[str], folds: Optional[Sequence[str]], checkpoint: str,
-                          image_path: str, device: str, use_mirroring: bool) -> Tuple[sitk.Image, dict]:
+                          image_path: str, device: str, use_mirroring: bool, workdir: str
+                          ) -> Tuple[sitk.Image, dict]:
     """(label map on the input grid, dataset.json) from the mean of the models' probabilities.
+
+    The model folders must have passed ``check_model_folders``; ``workdir`` takes the temporary label file.
 
     The plugin's trainers are added to ``nnUNet_extTrainer`` for the lookup, so its models need no extra setup.
     """
@@ -119,7 +188,6 @@ def predict_probabilities(model_folders: Sequence[str], folds: Optional[Sequence
     if trainer_path() not in [os.path.abspath(p) for p in search_path]:
         os.environ['nnUNet_extTrainer'] = os.pathsep.join(search_path + [trainer_path()])
 
-    _check_model_folders(model_folders, folds, checkpoint)
     mean, label_manager, dataset_json, properties, reader = None, None, None, None, None
     for folder in model_folders:
         predictor = nnUNetPredictor(use_mirroring=use_mirroring, device=torch.device(device), allow_tqdm=False)
@@ -132,78 +200,89 @@ def predict_probabilities(model_folders: Sequence[str], folds: Optional[Sequence
                 predictor.dataset_json
         mean += probabilities / len(model_folders)
     segmentation = label_manager.convert_probabilities_to_segmentation(mean)
-    with tempfile.TemporaryDirectory() as tmp:  # let the plans' own writer put the geometry back, then read it
-        path = os.path.join(tmp, 'seg' + dataset_json['file_ending'])
-        reader.write_seg(np.asarray(segmentation), path, properties)
-        return sitk.ReadImage(path), dataset_json
+    path = os.path.join(workdir, '.seg' + dataset_json['file_ending'])  # the plans' own writer restores the geometry
+    reader.write_seg(np.asarray(segmentation), path, properties)
+    try:
+        return read_image(path, 'label').image, dataset_json
+    finally:
+        os.remove(path)
 
 
 def predict_case(input_path: str, output_folder: str, model_folders: Sequence[str],
                  folds: Optional[Sequence[str]] = None, checkpoint: str = 'checkpoint_final.pth',
                  device: str = 'cpu', use_mirroring: bool = True, style: RoiStyle = RoiStyle(),
                  margins: Sequence[MarginSpec] = (), series_uid: Optional[str] = None,
-                 allow_missing_identity: bool = False) -> dict:
-    """Predicts one case and writes ``<case>.nii.gz`` (model labels), one NIfTI mask per margin structure, for DICOM
-    input ``<case>_RTSTRUCT.dcm`` and ``<case>_SEG.dcm``, and ``<case>_report.json`` (volumes, files, warnings)."""
-    with tempfile.TemporaryDirectory() as workdir:
-        case, nifti, series = _load_input(input_path, series_uid, workdir)
-        segmentation, dataset_json = predict_probabilities(model_folders, folds, checkpoint, nifti, device,
-                                                           use_mirroring)
-    grid = series.image if series is not None else segmentation
-    label_array = label_on_series_grid(segmentation, series) if series is not None else \
-        sitk.GetArrayFromImage(segmentation)
-    spacing_zyx = grid.GetSpacing()[::-1]
+                 allow_missing_identity: bool = False, overwrite: bool = False) -> dict:
+    """Predicts one case into ``output_folder``: ``<case>.nii.gz`` (model labels), one NIfTI mask per margin
+    structure, for DICOM input ``<case>_RTSTRUCT.dcm`` and ``<case>_SEG.dcm``, and ``<case>_report.json`` (volumes,
+    files, warnings).
 
-    unknown = set(style.names) - set(dataset_json['labels'])
-    if unknown:
-        raise DicomError(f"--roi_names: the model has no label(s) {sorted(unknown)} (labels: "
-                         f"{', '.join(k for k in dataset_json['labels'] if k != 'background')})")
-    masks = {style.names.get(label, label): label_array == value
-             for label, value in dataset_json['labels'].items() if label != 'background' and isinstance(value, int)}
-    margin_masks = apply_margins(masks, spacing_zyx, margins)
-    rois = [Roi(name, mask, style.interpreted_type(name), style.colors.get(name),
-                description='nnU-Net prediction' if name in masks else
-                next(m.describe() for m in margins if m.name == name))
-            for name, mask in {**masks, **margin_masks}.items()]
+    Everything that can be checked is checked before inference (models, input, identity, names, margins, output
+    folder). The output folder must be absent or empty unless ``overwrite`` (then it is replaced whole); the files
+    are written into a hidden folder next to it, which is renamed onto it when complete. The DICOM CT's NIfTI copy
+    for nnU-Net lives in that folder too, never in /tmp.
+    """
+    model = check_model_folders(model_folders, folds, checkpoint)
+    check_output_folder(output_folder, overwrite)
+    series, warnings = _check_input(input_path, series_uid, model, allow_missing_identity)
+    label_rois = _roi_names(style, model.labels)
+    check_margins(margins, list(label_rois.values()))
+    for name in list(label_rois.values()) + [m.name for m in margins]:
+        check_roi_name(name, series)
+        if style.interpreted_type(name) not in RT_INTERPRETED_TYPES:
+            raise DicomError(f"ROI {name!r}: {style.interpreted_type(name)!r} is not an RT ROI interpreted type")
+    case = case_name(input_path, series)
+    for warning in warnings:
+        print(f"warning: {warning}")
 
-    os.makedirs(output_folder, exist_ok=True)
-    written, warnings = [], []
-    label_path = os.path.join(output_folder, f'{case}.nii.gz')
-    _write_image(sitk.Cast(segmentation, sitk.sitkUInt8), label_path)
-    written.append(label_path)
-    for name, mask in margin_masks.items():
-        image = sitk.GetImageFromArray(mask.astype(np.uint8))
-        image.CopyInformation(grid)
-        written.append(_write_image(image, os.path.join(output_folder, f'{case}_{name}.nii.gz')))
-    if series is not None:
-        rtstruct_path = os.path.join(output_folder, f'{case}_RTSTRUCT.dcm')
-        warnings += write_rtstruct(series, rois, rtstruct_path, label='nnunet_ras',
-                                   allow_missing_identity=allow_missing_identity)
-        seg_path = os.path.join(output_folder, f'{case}_SEG.dcm')
-        if any(roi.mask.any() for roi in rois):
-            warnings += write_dicom_seg(series, rois, seg_path, allow_missing_identity)
-            written += [rtstruct_path, seg_path]
+    with atomic_folder(output_folder, overwrite) as work:
+        if series is not None:
+            nifti = os.path.join(work, f'.{case}_0000.nii.gz')
+            sitk.WriteImage(series.image, nifti, useCompression=True)
         else:
-            warnings.append('every structure is empty: no DICOM SEG written')
-            written.append(rtstruct_path)
-    report = {'case': case, 'input': os.path.abspath(input_path), 'models': [os.path.abspath(m) for m in model_folders],
-              'folds': list(folds) if folds else 'all available',
-              'margins': [m.describe() for m in margins],
-              'volumes_cc': {roi.name: round(volume_cc(roi.mask, spacing_zyx), 3) for roi in rois},
-              'files': written, 'warnings': warnings}
-    _write_text(json.dumps(report, indent=2), os.path.join(output_folder, f'{case}_report.json'))
+            nifti = input_path
+        try:
+            segmentation, dataset_json = predict_probabilities(model_folders, folds, checkpoint, nifti, device,
+                                                               use_mirroring, work)
+        finally:
+            if series is not None and os.path.exists(nifti):
+                os.remove(nifti)
+        grid = series.image if series is not None else segmentation
+        label_array = label_on_series_grid(segmentation, series) if series is not None else \
+            sitk.GetArrayFromImage(segmentation)
+        spacing_zyx = grid.GetSpacing()[::-1]
+        masks = {label_rois[label]: label_array == value
+                 for label, value in dataset_json['labels'].items() if label in label_rois}
+        margin_masks = apply_margins(masks, spacing_zyx, margins)
+        warnings += margin_warnings(masks, margin_masks, margins)
+        rois = [Roi(name, mask, style.interpreted_type(name), style.colors.get(name),
+                    description='nnU-Net prediction' if name in masks else
+                    next(m.describe() for m in margins if m.name == name))
+                for name, mask in {**masks, **margin_masks}.items()]
+
+        written = []
+
+        def put(name: str) -> str:  # the path in the work folder; the final path is recorded
+            written.append(os.path.join(output_folder, name))
+            return os.path.join(work, name)
+
+        write_image_atomically(sitk.Cast(segmentation, sitk.sitkUInt8), put(f'{case}.nii.gz'))
+        for name, mask in margin_masks.items():
+            image = sitk.GetImageFromArray(mask.astype(np.uint8))
+            image.CopyInformation(grid)
+            write_image_atomically(image, put(f'{case}_{_safe(name)}.nii.gz'))
+        if series is not None:
+            warnings += write_rtstruct(series, rois, put(f'{case}_RTSTRUCT.dcm'), label='nnunet_ras',
+                                       allow_missing_identity=allow_missing_identity)
+            if any(roi.mask.any() for roi in rois):
+                warnings += write_dicom_seg(series, rois, put(f'{case}_SEG.dcm'), allow_missing_identity)
+            else:
+                warnings.append('every structure is empty: no DICOM SEG written')
+        report = {'case': case, 'input': os.path.abspath(input_path),
+                  'models': [os.path.abspath(m) for m in model_folders],
+                  'folds': list(folds) if folds else 'all available',
+                  'margins': [m.describe() for m in margins],
+                  'volumes_cc': {roi.name: round(volume_cc(roi.mask, spacing_zyx), 3) for roi in rois},
+                  'files': written, 'warnings': warnings}
+        write_json_atomically(os.path.join(work, f'{case}_report.json'), report)
     return report
-
-
-def _write_image(image: sitk.Image, path: str) -> str:
-    tmp = path[:-len('.nii.gz')] + '.part.nii.gz'
-    sitk.WriteImage(image, tmp, useCompression=True)
-    os.replace(tmp, path)
-    return path
-
-
-def _write_text(text: str, path: str) -> None:
-    tmp = path + '.part'
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -13,16 +13,17 @@ Masks are numpy arrays (z, y, x) on the series grid, i.e. in the order of ``CtSe
 import contextlib
 import copy
 import io
-import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pydicom
+import pydicom.charset
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence as DicomSequence
 
+from nnunet_ras._io import write_atomically
 from nnunet_ras.dicom import DicomError
 from nnunet_ras.dicom.series import RTSTRUCT_STORAGE, CtSeries
 
@@ -101,6 +102,36 @@ def check_identity(series: CtSeries, allow_missing_identity: bool = False) -> Li
     return [f"{series.describe()}: written with empty {', '.join(missing)} copied from the CT"] if missing else []
 
 
+def check_roi_name(name: str, series: Optional[CtSeries]) -> None:
+    """An ROI name must fit DICOM's LO value (at most 64 characters, no backslash or control characters) and the
+    character sets it is written in: the RTSTRUCT's ISO_IR 100 (set by rt-utils) and the CT's own (the DICOM SEG
+    copies it; ASCII when the CT names none). Nothing to check without a DICOM series (no DICOM output)."""
+    if series is None:
+        return
+    if not name.strip():
+        raise DicomError("an ROI name is empty")
+    if len(name) > 64:
+        raise DicomError(f"ROI name {name!r} has {len(name)} characters; DICOM allows at most 64")
+    if '\\' in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise DicomError(f"ROI name {name!r}: backslash and control characters are not allowed in DICOM names")
+    charsets = series.first.get('SpecificCharacterSet') or []
+    charsets = [charsets] if isinstance(charsets, str) else [c for c in charsets if c]
+    python_codecs = ['latin_1']
+    try:
+        ct_codecs = pydicom.charset.convert_encodings(charsets) if charsets else ['ascii']
+    except LookupError:
+        ct_codecs = ['ascii']
+    for codec in python_codecs + [ct_codecs[0] if len(ct_codecs) == 1 else None]:
+        if codec is None:
+            continue
+        try:
+            name.encode(codec)
+        except (UnicodeEncodeError, LookupError):
+            raise DicomError(f"ROI name {name!r}: holds characters that the character set "
+                             f"{'ISO_IR 100 of the RTSTRUCT' if codec == 'latin_1' else (charsets or ['default (ASCII)'])[0] + ' of the CT'} "
+                             f"cannot represent; use another name") from None
+
+
 def _headers_for_rt_utils(series: CtSeries) -> List[Dataset]:
     """Slice headers with the attributes rt-utils reads unconditionally; absent ones are copied as empty."""
     headers = []
@@ -137,6 +168,7 @@ def write_rtstruct(series: CtSeries, rois: Sequence[Roi], path: str, label: str 
     for keyword in ('AccessionNumber', 'ReferringPhysicianName'):
         setattr(ds, keyword, series.first.get(keyword, ''))
     for roi in rois:
+        check_roi_name(roi.name, series)
         if roi.mask.shape != expected_shape:
             raise DicomError(f"ROI {roi.name!r}: mask of shape {roi.mask.shape}, the series is {expected_shape}")
         if roi.interpreted_type not in RT_INTERPRETED_TYPES:
@@ -150,13 +182,7 @@ def write_rtstruct(series: CtSeries, rois: Sequence[Roi], path: str, label: str 
                                   color=list(color) if color else None, name=roi.name, description=roi.description,
                                   roi_generation_algorithm=0)  # AUTOMATIC
         ds.RTROIObservationsSequence[-1].RTROIInterpretedType = roi.interpreted_type
-    tmp = path + '.part'
-    try:
-        ds.save_as(tmp, enforce_file_format=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomically(path, lambda temporary: ds.save_as(temporary, enforce_file_format=True))
     return warnings
 
 
@@ -220,6 +246,7 @@ def read_rtstruct(path: str, series: CtSeries, allow_partial_series: bool = Fals
     types = {str(o.get('ReferencedROINumber')): str(o.get('RTROIInterpretedType', '') or '')
              for o in ds.get('RTROIObservationsSequence', [])}
     off_series: List[str] = []
+    partly_outside: Dict[str, int] = {}
     skipped_types: Dict[str, int] = {}
     rois = []
     for structure in ds.StructureSetROISequence:
@@ -240,6 +267,12 @@ def read_rtstruct(path: str, series: CtSeries, allow_partial_series: bool = Fals
                 skipped_types[kind or 'empty'] = skipped_types.get(kind or 'empty', 0) + 1
                 continue
             total += 1
+            outside = series.outside_fraction(points)
+            if outside == 1:
+                raise DicomError(f"{path}: a contour of ROI {name!r} lies entirely outside the CT's field of view "
+                                 f"(another series or frame of reference?)")
+            if outside > 0:
+                partly_outside[name] = partly_outside.get(name, 0) + 1
             level = float(np.mean(points @ normal))
             images = contour.get('ContourImageSequence', [])
             uid = str(images[0].ReferencedSOPInstanceUID) if images else None
@@ -270,6 +303,9 @@ def read_rtstruct(path: str, series: CtSeries, allow_partial_series: bool = Fals
             raise DicomError(message + "; the series is incomplete or the RTSTRUCT belongs to another series "
                                        "(--allow_partial_series imports the contours on the slices present)")
         warnings.append(message + '; left out')
+    for roi_name, count in partly_outside.items():
+        warnings.append(f"{path}: {count} contour(s) of ROI {roi_name!r} reach outside the CT's field of view; the "
+                        f"mask is cut at the image border")
     for kind, count in skipped_types.items():
         warnings.append(f"{path}: {count} contour(s) of type {kind} skipped (only CLOSED_PLANAR encloses a volume)")
     return StructureSet(path, rois, warnings)

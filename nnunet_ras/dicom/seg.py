@@ -3,7 +3,6 @@
 A SEG keeps the voxels exactly (no contour conversion), so it is the lossless record of what the model predicted.
 """
 import copy
-import os
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -12,6 +11,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 import nnunet_ras
+from nnunet_ras._io import write_atomically
 from nnunet_ras.dicom import DicomError
 from nnunet_ras.dicom.rtstruct import Roi, check_identity
 from nnunet_ras.dicom.series import CtSeries, label_on_series_grid
@@ -67,13 +67,7 @@ def write_dicom_seg(series: CtSeries, rois: Sequence[Roi], path: str, allow_miss
             series_description='nnunet_ras segmentation')
     except (ValueError, AttributeError, TypeError) as e:
         raise DicomError(f"{path}: highdicom cannot build a SEG on {series.describe()}: {e}") from None
-    tmp = path + '.part'
-    try:
-        seg.save_as(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomically(path, seg.save_as)
     return warnings
 
 

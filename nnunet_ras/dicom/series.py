@@ -75,6 +75,20 @@ class CtSeries:
         """Position of every slice along the slice normal, in mm."""
         return np.array([_position(h) @ self.slice_normal for h in self.headers])
 
+    def in_plane_index(self, points_xyz: np.ndarray) -> np.ndarray:
+        """Continuous (column, row) voxel indices of physical points (n, 3) in mm."""
+        direction = np.asarray(self.image.GetDirection()).reshape(3, 3)
+        spacing = np.asarray(self.image.GetSpacing())
+        index = np.linalg.solve(direction * spacing, (np.asarray(points_xyz) - np.asarray(self.image.GetOrigin())).T).T
+        return index[:, :2]
+
+    def outside_fraction(self, points_xyz: np.ndarray) -> float:
+        """Share of the points that lie outside the slices' in-plane extent (more than half a pixel beyond it)."""
+        index = self.in_plane_index(points_xyz)
+        size = np.asarray(self.image.GetSize()[:2])
+        outside = np.any((index < -0.5 - 1e-3) | (index > size - 0.5 + 1e-3), axis=1)
+        return float(outside.mean()) if len(outside) else 0.0
+
     def describe(self) -> str:
         size, spacing = self.image.GetSize(), self.image.GetSpacing()
         return (f"series {self.series_uid or '(no SeriesInstanceUID)'} in {self.folder}: {size[2]} slices of "
@@ -158,7 +172,12 @@ def check_slice_geometry(headers: Sequence[pydicom.Dataset], where: str) -> Tupl
         values = sorted({int(h.get(keyword)) for h in headers})
         if len(values) > 1:
             raise DicomError(f"{where}: slices of different {keyword} {values}")
-    spacings = {tuple(round(float(v), 4) for v in h.PixelSpacing) for h in headers}
+    try:
+        spacings = {tuple(round(float(v), 4) for v in h.PixelSpacing) for h in headers}
+    except (TypeError, ValueError):
+        raise DicomError(f"{where}: PixelSpacing {headers[0].get('PixelSpacing')} is not two numbers") from None
+    if any(len(s) != 2 or not all(np.isfinite(v) and v > 0 for v in s) for s in spacings):
+        raise DicomError(f"{where}: PixelSpacing {sorted(spacings)} must be two positive numbers (mm)")
     if len(spacings) > 1:
         raise DicomError(f"{where}: slices of different PixelSpacing {sorted(spacings)}")
     if not np.allclose(row, np.round(row), atol=1e-3) or not np.allclose(column, np.round(column), atol=1e-3):
@@ -258,6 +277,10 @@ def load_series(found: DicomFolder, series_uid: Optional[str] = None) -> CtSerie
     headers = [headers[i] for i in order]
     if not series_uid:
         warnings.append(f"{where}: the slices have no SeriesInstanceUID (de-identified?)")
+    frames = sorted({str(h.get('FrameOfReferenceUID', '') or '') for h in headers})
+    if len(frames) > 1:
+        raise DicomError(f"{where}: the slices name {len(frames)} frames of reference ({', '.join(f or '(none)' for f in frames)}); "
+                         f"a series must lie in one patient coordinate system")
     studies = {str(h.get('StudyInstanceUID', '')) for h in headers}
     if len(studies) > 1:
         warnings.append(f"{where}: the slices name {len(studies)} different StudyInstanceUIDs; the first is used")

@@ -9,7 +9,12 @@ from nnunet_ras.dataset_checks import DatasetError
 def _evaluate(args) -> int:
     from nnunet_ras.evaluation.evaluate import (evaluate_folder, summary_text, targets_from_dataset_json,
                                                 write_evaluation)
-    targets, ignore_label, file_ending = None, None, args.file_ending
+    from nnunet_ras._io import check_output_file, declared_label_values
+    targets, ignore_label, file_ending, declared = None, None, args.file_ending, None
+    json_path = args.o or os.path.join(args.pred, 'metrics.json')
+    csv_path = args.csv or os.path.join(args.pred, 'metrics.csv')
+    for path, what in ((json_path, 'the summary JSON, -o'), (csv_path, 'the per-case CSV, --csv')):
+        check_output_file(path, what)
     if args.djfile:
         try:
             dataset_json = load_json(args.djfile)
@@ -17,13 +22,18 @@ def _evaluate(args) -> int:
             raise DatasetError(f"{args.djfile}: not a readable JSON file ({e})") from None
         if 'labels' not in dataset_json:
             raise DatasetError(f"{args.djfile}: has no 'labels'")
-        targets, ignore_label = targets_from_dataset_json(dataset_json, args.l)
+        if not isinstance(dataset_json, dict) or not isinstance(dataset_json.get('labels'), dict):
+            raise DatasetError(f"{args.djfile}: 'labels' must be an object such as {{\"background\": 0, ...}}")
+        try:
+            declared = declared_label_values(dataset_json['labels'])
+            targets, ignore_label = targets_from_dataset_json(dataset_json, args.l)
+        except (TypeError, ValueError) as e:
+            raise DatasetError(f"{args.djfile}: malformed 'labels' ({e})") from None
         file_ending = file_ending or dataset_json.get('file_ending')
     elif args.l:
         targets = {f'label_{v}': v for v in args.l}
-    evaluation = evaluate_folder(args.ref, args.pred, file_ending or '.nii.gz', targets, ignore_label)
-    json_path = args.o or os.path.join(args.pred, 'metrics.json')
-    csv_path = args.csv or os.path.join(args.pred, 'metrics.csv')
+    evaluation = evaluate_folder(args.ref, args.pred, file_ending or '.nii.gz', targets, ignore_label,
+                                 declared=declared)
     write_evaluation(evaluation, json_path, csv_path)
     print(summary_text(evaluation))
     print(f"{len(evaluation['cases'])} cases; written: {json_path}, {csv_path}")

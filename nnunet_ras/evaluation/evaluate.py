@@ -8,41 +8,15 @@ import io
 import json
 import math
 import os
-import tempfile
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
-import SimpleITK as sitk
 
-from nnunet_ras.dataset_checks import DatasetError, _read_header
+from nnunet_ras._io import LoadedImage, read_image, write_atomically, write_text_atomically  # noqa: F401 (re-export)
+from nnunet_ras.dataset_checks import DatasetError
 from nnunet_ras.evaluation.metrics import METRICS, UNITS, LabelOrRegion, label_metrics, nan_summary
 
 Targets = Dict[str, LabelOrRegion]  # label name -> label value or nnU-Net region (tuple of labels)
-
-
-def write_atomically(path: str, write: Callable[[str], None]) -> None:
-    """Calls ``write(temporary_path)`` and moves the result onto ``path``, so a crash never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f'.{os.path.basename(path)}.',
-                                             suffix=os.path.splitext(path)[1])
-    os.close(descriptor)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(temporary)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes the file private; the result is an ordinary file
-        os.replace(temporary, path)
-    except BaseException:
-        os.remove(temporary)
-        raise
-
-
-def write_text_atomically(path: str, text: str) -> None:
-    def write(temporary: str) -> None:
-        with open(temporary, 'w', newline='') as f:
-            f.write(text)
-    write_atomically(path, write)
 
 
 def to_json(value):
@@ -71,19 +45,13 @@ def targets_from_dataset_json(dataset_json: dict, labels: Optional[Sequence[int]
     return targets, ignore_label
 
 
-def read_segmentation(path: str) -> sitk.Image:
-    """Reads a label map; raises DatasetError if the file is missing, unreadable or truncated."""
-    if not os.path.isfile(path):
-        raise DatasetError(f"{path}: file is missing")
-    _read_header(path)
-    try:
-        return sitk.ReadImage(path)
-    except RuntimeError as e:
-        raise DatasetError(f"{path}: cannot be read as an image ({str(e).strip().splitlines()[-1]})") from None
+def read_segmentation(path: str, declared: Optional[Collection[int]] = None) -> LoadedImage:
+    """Reads a label map through the package's verified reader (missing, truncated, non-integer or, with
+    ``declared``, undeclared values are refused naming the file); the array is an owned copy."""
+    return read_image(path, 'label', labels=declared)
 
 
-def _check_same_grid(reference_path: str, reference: sitk.Image, prediction_path: str,
-                     prediction: sitk.Image) -> None:
+def _check_same_grid(reference_path: str, reference, prediction_path: str, prediction) -> None:
     """Metrics on two different grids would compare different places; say which geometry differs."""
     problems = [f"{name} {tuple(round(x, 4) for x in p)} vs reference {tuple(round(x, 4) for x in r)}"
                 for name, p, r in (('size', prediction.GetSize(), reference.GetSize()),
@@ -103,20 +71,24 @@ def _cases(folder: str, file_ending: str, what: str) -> List[str]:
 
 
 def labels_in(paths: Iterable[str]) -> Targets:
-    """Every non-zero value found in the files, named ``label_<v>``: the labels to evaluate when none are given."""
+    """Every non-zero value found in the files, named ``label_<v>``: the labels to evaluate when none are given.
+
+    The values come from an owned copy of each file's voxels: a NumPy view of a SimpleITK image that is not kept
+    alive reads freed memory (random extra labels).
+    """
     values = set()
     for path in paths:
-        values |= set(np.unique(sitk.GetArrayViewFromImage(read_segmentation(path))).tolist())
+        values |= set(int(v) for v in np.unique(read_segmentation(path).array).tolist())
     return {f'label_{v}': int(v) for v in sorted(values - {0})}
 
 
 def evaluate_case(reference_path: str, prediction_path: str, targets: Targets,
-                  ignore_label: Optional[int] = None) -> dict:
+                  ignore_label: Optional[int] = None, declared: Optional[Collection[int]] = None) -> dict:
     """Metrics of every target of one case, with the spacing (x, y, z order, as in the header) they used."""
-    reference, prediction = read_segmentation(reference_path), read_segmentation(prediction_path)
+    (reference, ref), (prediction, pred) = read_segmentation(reference_path, declared), \
+        read_segmentation(prediction_path, declared)
     _check_same_grid(reference_path, reference, prediction_path, prediction)
     spacing_zyx = reference.GetSpacing()[::-1]  # numpy arrays from SimpleITK are indexed z, y, x
-    ref, pred = sitk.GetArrayViewFromImage(reference), sitk.GetArrayViewFromImage(prediction)
     return {'reference_file': reference_path, 'prediction_file': prediction_path,
             'spacing': list(reference.GetSpacing()),
             'metrics': {name: label_metrics(pred, ref, target, spacing_zyx, ignore_label)
@@ -131,11 +103,12 @@ def summarize(cases: Dict[str, dict], targets: Targets) -> Dict[str, Dict[str, d
 
 def evaluate_folder(reference_folder: str, prediction_folder: str, file_ending: str = '.nii.gz',
                     targets: Optional[Targets] = None, ignore_label: Optional[int] = None,
-                    cases: Optional[Sequence[str]] = None) -> dict:
+                    cases: Optional[Sequence[str]] = None, declared: Optional[Collection[int]] = None) -> dict:
     """Evaluates ``cases`` (default: every reference case) and returns the per-case metrics and their summary.
 
     Every case needs a prediction and a reference file on the same grid. Without ``targets``, the non-zero values
-    found in the references and predictions are evaluated.
+    found in the references and predictions are evaluated. With ``declared`` (the values a dataset.json names), a
+    file holding any other value is refused.
     """
     if cases is None:
         cases = _cases(reference_folder, file_ending, 'reference')
@@ -150,7 +123,7 @@ def evaluate_folder(reference_folder: str, prediction_folder: str, file_ending: 
                 raise DatasetError(f"case {case}: {what} file {path} is missing")
     if targets is None:
         targets = labels_in([p for pair in pairs.values() for p in pair])
-    results = {case: evaluate_case(r, p, targets, ignore_label) for case, (r, p) in pairs.items()}
+    results = {case: evaluate_case(r, p, targets, ignore_label, declared) for case, (r, p) in pairs.items()}
     return {'reference_folder': os.path.abspath(reference_folder),
             'prediction_folder': os.path.abspath(prediction_folder),
             'file_ending': file_ending, 'labels': targets, 'ignore_label': ignore_label,

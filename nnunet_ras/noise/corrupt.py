@@ -3,7 +3,6 @@ dilated or eroded (optionally also shifted), as in the noisy-label experiment of
 
 The conventions (CONVENTIONS below) are written into every manifest, so a data set documents itself.
 """
-import json
 import math
 import os
 import shutil
@@ -13,6 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from nnunet_ras._io import declared_label_values, read_image, write_json_atomically
 from nnunet_ras.dataset_checks import DatasetError
 from nnunet_ras.noise import new_dataset_folder, raw_folder
 
@@ -142,37 +142,15 @@ def _copy_tree(src: str, dst: str) -> None:
             _copy(os.path.join(src, name), os.path.join(dst, name))
 
 
-def _read_label(path: str) -> sitk.Image:
-    try:
-        image = sitk.ReadImage(path)
-    except RuntimeError as e:
-        raise DatasetError(f"{path}: cannot be read as a label image ({str(e).strip().splitlines()[-1]})") from None
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise DatasetError(f"{path}: a label image must have one channel, this one has "
-                           f"{image.GetNumberOfComponentsPerPixel()}")
-    return image
-
-
 def _source_dataset(raw: str, source: str) -> Tuple[str, dict, str]:
     """Resolves id or name with nnU-Net's own lookup and loads dataset.json, naming the folder on failure."""
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    try:
-        name = maybe_convert_to_dataset_name(source)
-    except (RuntimeError, ValueError) as e:
-        raise DatasetError(f"source data set {source!r} not found in {raw} ({e})") from None
-    folder = os.path.join(raw, name)
-    json_path = os.path.join(folder, 'dataset.json')
+    from nnunet_ras.dataset_checks import load_dataset_json
+    from nnunet_ras.dataset_ids import resolve_dataset
+    folder = os.path.join(raw, resolve_dataset(source))
     if not os.path.isdir(folder):
         raise DatasetError(f"source data set folder {folder} does not exist")
-    try:
-        with open(json_path) as f:
-            dataset_json = json.load(f)
-    except (OSError, ValueError) as e:
-        raise DatasetError(f"{json_path}: not a readable JSON file ({e})") from None
-    missing = [k for k in ('channel_names', 'labels', 'numTraining', 'file_ending') if k not in dataset_json]
-    if missing:
-        raise DatasetError(f"{json_path}: missing required key(s) {missing}")
-    return folder, dataset_json, json_path
+    json_path = os.path.join(folder, 'dataset.json')
+    return folder, load_dataset_json(json_path), json_path
 
 
 def corrupt_dataset(source: str, new_id: int, new_name: str, fraction: float, radius_range: Tuple[int, int],
@@ -190,6 +168,7 @@ def corrupt_dataset(source: str, new_id: int, new_name: str, fraction: float, ra
     raw = raw_folder()
     folder, dataset_json, json_path = _source_dataset(raw, source)
     values = _label_values(dataset_json, labels, json_path)
+    declared = declared_label_values(dataset_json['labels'])
     ending = dataset_json['file_ending']
     labels_tr = os.path.join(folder, 'labelsTr')
     cases = sorted(f[:-len(ending)] for f in os.listdir(labels_tr) if f.endswith(ending)) \
@@ -213,12 +192,11 @@ def corrupt_dataset(source: str, new_id: int, new_name: str, fraction: float, ra
         os.makedirs(os.path.join(tmp, 'labelsTr'))
         for case in cases:
             src, dst = os.path.join(labels_tr, case + ending), os.path.join(tmp, 'labelsTr', case + ending)
+            image, seg = read_image(src, 'label', labels=declared)  # a broken source label is refused, not copied
             if case not in chosen:
                 shutil.copyfile(src, dst)  # a real copy: the corrupted data set's labels are its own
                 manifest['cases'][case] = {'corrupted': False}
                 continue
-            image = _read_label(src)
-            seg = sitk.GetArrayFromImage(image)
             new, records = corrupt_label_map(seg, list(values.values()), rng, (lo, hi), operations, shift)
             out = sitk.GetImageFromArray(new.astype(seg.dtype))
             out.CopyInformation(image)
@@ -230,8 +208,6 @@ def corrupt_dataset(source: str, new_id: int, new_name: str, fraction: float, ra
                                     f"labels corrupted by nnunet-ras corrupt-labels (seed {seed}, radius {lo}-{hi}, "
                                     f"ops {'/'.join(operations)}{', shift' if shift else ''}); see {MANIFEST_NAME}; "
                                     f"test labels untouched")
-        with open(os.path.join(tmp, 'dataset.json'), 'w') as f:
-            json.dump(new_json, f, indent=2)
-        with open(os.path.join(tmp, MANIFEST_NAME), 'w') as f:
-            json.dump(manifest, f, indent=2)
+        write_json_atomically(os.path.join(tmp, 'dataset.json'), new_json)
+        write_json_atomically(os.path.join(tmp, MANIFEST_NAME), manifest)
     return target

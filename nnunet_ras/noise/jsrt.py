@@ -3,7 +3,6 @@
 Lungs and heart overlap at their borders, so each structure is its own binary task. All structures share one
 seeded train/test split: seed 002 does not say which split it used, so the default is half/half.
 """
-import json
 import math
 import os
 from typing import Dict, List, Optional, Sequence
@@ -11,6 +10,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_ras._io import read_image, write_json_atomically
 from nnunet_ras.dataset_checks import DatasetError
 from nnunet_ras.noise import check_dataset_id_free, new_dataset_folder
 
@@ -37,12 +37,7 @@ def _resized(image: sitk.Image, size: Optional[int], interpolator: int) -> sitk.
 
 
 def _read(path: str) -> sitk.Image:
-    if not os.path.isfile(path):
-        raise DatasetError(f"{path} is missing")
-    try:
-        image = sitk.ReadImage(path)
-    except RuntimeError as e:
-        raise DatasetError(f"{path}: cannot be read as an image ({str(e).strip().splitlines()[-1]})") from None
+    image = read_image(path, 'image', ndim=(2,)).image
     if image.GetDimension() != 2 or image.GetNumberOfComponentsPerPixel() != 1 or \
             image.GetPixelID() != sitk.sitkUInt8:
         raise DatasetError(f"{path}: expected a 2D 8-bit grey-value PNG, got {image.GetDimension()}D "
@@ -103,7 +98,6 @@ def convert_jsrt(input_folder: str, raw: str, first_id: int, structures: Sequenc
                                f"{len(split['test'])} test cases, the same for every structure",
                 'reference': 'JSRT database and SCR masks (van Ginneken et al. 2006); research and education use',
                 'jsrt_split': split}
-            with open(os.path.join(tmp, 'dataset.json'), 'w') as f:
-                json.dump(dataset_json, f, indent=2)
+            write_json_atomically(os.path.join(tmp, 'dataset.json'), dataset_json)
         folders.append(os.path.join(raw, f'Dataset{dataset_id:03d}_{name}'))
     return folders

@@ -4,7 +4,10 @@ import argparse
 
 def _quality(args) -> int:
     import torch
+    from nnunet_ras.dataset_checks import DatasetError
     from nnunet_ras.quality.scoring import SCORES_NAME, score_folder
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        raise DatasetError("-device cuda: no CUDA GPU is available on this machine; use -device cpu")
     rows = score_folder(args.i, args.s, args.m, args.f, args.chk, args.o, torch.device(args.device))
     for row in rows:
         print(f"{row['rank']:4d}  {row['score']:+.4f}  {row['case']}")

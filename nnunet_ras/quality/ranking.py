@@ -5,7 +5,7 @@ score is the mean over the tiles that hold foreground (all tiles if the label is
 the label more; rankings list the lowest score first, the contours to review first.
 """
 import csv
-import json
+import io
 import os
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -16,6 +16,7 @@ from nnunetv2.paths import nnUNet_raw
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from scipy.stats import mannwhitneyu
 
+from nnunet_ras._io import write_json_atomically, write_text_atomically
 from nnunet_ras.networks.quality import QualityAssessmentNet, overfitting_control
 
 MANIFEST_NAME = 'corruption_manifest.json'
@@ -82,14 +83,12 @@ def write_ranking(rows: List[dict], folder: str, name: str = RANKING_NAME, summa
         row['rank'] = rank
     fields = list(dict.fromkeys(k for row in rows for k in row))
     path = os.path.join(folder, name)
-    with open(path + '.csv.part', 'w', newline='') as f:
-        writer = csv.DictWriter(f, fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(path + '.json.part', 'w') as f:
-        json.dump({'summary': summary or {}, 'cases': rows}, f, indent=2)
-    os.replace(path + '.csv.part', path + '.csv')
-    os.replace(path + '.json.part', path + '.json')
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fields, lineterminator='\n')
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomically(path + '.csv', buffer.getvalue())
+    write_json_atomically(path + '.json', {'summary': summary or {}, 'cases': rows})
 
 
 def _logged_means(log: Iterable[tuple], from_epoch: int) -> dict:

@@ -14,6 +14,7 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 from dynamic_network_architectures.building_blocks.helper import convert_dim_to_conv_op
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
+from nnunet_ras._io import declared_label_values, read_image
 from nnunet_ras.dataset_checks import DatasetError
 from nnunet_ras.networks.quality import QualityAssessmentNet
 from nnunet_ras.quality.ranking import score_case, write_ranking
@@ -59,6 +60,9 @@ class QualityModel:
 
     def preprocess(self, image_files: List[str], seg_file: str) -> Tuple[np.ndarray, np.ndarray]:
         """(data, seg) as nnU-Net's preprocessor of this configuration makes them; checks both share one grid."""
+        for path in image_files:  # the package's verified reader first: nnU-Net's readers accept truncated files
+            read_image(path, 'image')
+        read_image(seg_file, 'label', labels=declared_label_values(self.dataset_json['labels']))
         reader = self.plans_manager.image_reader_writer_class()
         try:
             data, image_properties = reader.read_images(image_files)

@@ -10,7 +10,6 @@ Only training changes: validation, the exported network and ``nnUNetv2_predict``
 weights travel in the checkpoint under ``quality_assessment`` (so ``--c`` continues it and ``nnunet-ras quality``
 can score new contours with it). At the end of training the fold folder gets ``quality_ranking.csv`` / ``.json``.
 """
-import os
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
@@ -19,6 +18,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 
+from nnunet_ras._io import write_atomically
 from nnunet_ras.networks.quality import (QualityAssessmentNet, one_hot_label, overfitting_control,
                                          quality_weights)
 from nnunet_ras.training.schedules import SMOKE_TEST, short_schedule
@@ -112,8 +112,7 @@ class QualityWeighting:
         checkpoint[CHECKPOINT_KEY] = {'weights': self.qam.state_dict(), 'optimizer': self.qam_optimizer.state_dict(),
                                       'features_per_stage': list(self.qam_features), 'ocm_lambda': self.ocm_lambda,
                                       'log': self.quality_log}
-        torch.save(checkpoint, filename + '.part')
-        os.replace(filename + '.part', filename)
+        write_atomically(filename, lambda temporary: torch.save(checkpoint, temporary))
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
         checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
