@@ -147,7 +147,7 @@ def check_output_folder(path: str, overwrite: bool = False, what: str = 'the out
             raise DatasetError(f"{path}: {what} is not writable")
         if os.listdir(path) and not overwrite:
             raise DatasetError(f"{path}: {what} is not empty; choose a new folder, or use --overwrite to replace "
-                                 f"it whole")
+                               f"it whole")
         return
     _check_creatable(path, what)
 
@@ -158,7 +158,7 @@ def _swap_into_place(work: str, target: str, overwrite: bool) -> None:
     if os.path.isdir(target) and os.listdir(target):
         if not overwrite:
             raise DatasetError(f"{target}: appeared while this run was writing (another run?); the result is not "
-                                 f"moved there")
+                               f"moved there")
         old = part_path(target)
         os.rename(target, old)
         try:
@@ -227,7 +227,7 @@ def check_complete(path: str) -> None:
             size = os.path.getsize(path)
     except (OSError, EOFError, gzip.BadGzipFile, ValueError) as e:
         raise DatasetError(f"{path}: cannot be read as an image (damaged or truncated file: "
-                             f"{_first_line(e)})") from None
+                           f"{_first_line(e)})") from None
     if path.endswith(NIFTI_ENDINGS):
         import io
         import nibabel
@@ -239,10 +239,16 @@ def check_complete(path: str) -> None:
                 int(np.prod(nifti_header.get_data_shape(), dtype=np.int64)) * nifti_header.get_data_dtype().itemsize
         except Exception as e:  # nibabel raises many types for garbage headers
             raise DatasetError(f"{path}: cannot be read as an image (no valid NIfTI header: "
-                                 f"{_first_line(e)})") from None
+                               f"{_first_line(e)})") from None
         if size < needed:
             raise DatasetError(f"{path}: cannot be read as an image (truncated: {size} bytes where the NIfTI "
-                                 f"header needs {needed})")
+                               f"header needs {needed})")
+        if np.issubdtype(nifti_header.get_data_dtype(), np.floating):
+            # SimpleITK turns NaN voxels of a NIfTI into 0 without a word, so the stored values are checked here
+            voxels = np.asanyarray(nibabel.load(path).dataobj)
+            if not np.all(np.isfinite(voxels)):
+                raise DatasetError(f"{path}: {int(np.count_nonzero(~np.isfinite(voxels)))} voxel(s) are NaN or "
+                                   f"infinite")
 
 
 def read_image(path: str, what: str = 'image', ndim: Collection[int] = (2, 3),
@@ -255,7 +261,7 @@ def read_image(path: str, what: str = 'image', ndim: Collection[int] = (2, 3),
     """
     if not os.path.isfile(path):
         raise DatasetError(f"{path}: file is missing" if not os.path.lexists(path) else
-                             f"{path}: not a file")
+                           f"{path}: not a file")
     check_complete(path)
     try:
         image = sitk.ReadImage(path)
@@ -263,14 +269,14 @@ def read_image(path: str, what: str = 'image', ndim: Collection[int] = (2, 3),
         raise DatasetError(f"{path}: cannot be read as an image ({_first_line(e)})") from None
     if image.GetDimension() not in ndim:
         raise DatasetError(f"{path}: a {image.GetDimension()}D {what} (size {image.GetSize()}) where "
-                             f"{' or '.join(f'{n}D' for n in sorted(ndim))} is needed")
+                           f"{' or '.join(f'{n}D' for n in sorted(ndim))} is needed")
     spacing = np.asarray(image.GetSpacing())
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise DatasetError(f"{path}: invalid voxel spacing {tuple(spacing)}")
     array = sitk.GetArrayFromImage(image)
     if what == 'label' and image.GetNumberOfComponentsPerPixel() != 1:
         raise DatasetError(f"{path}: a label map must have one component per voxel, this one has "
-                             f"{image.GetNumberOfComponentsPerPixel()}")
+                           f"{image.GetNumberOfComponentsPerPixel()}")
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         raise DatasetError(f"{path}: {bad} voxel(s) are NaN or infinite")
@@ -279,12 +285,12 @@ def read_image(path: str, what: str = 'image', ndim: Collection[int] = (2, 3),
             fractional = array != np.round(array)
             if fractional.any():
                 raise DatasetError(f"{path}: label values must be integers, found {float(array[fractional][0])!r} "
-                                     f"({int(fractional.sum())} voxel(s))")
+                                   f"({int(fractional.sum())} voxel(s))")
         if labels is not None:
             extra = sorted(set(np.unique(array).tolist()) - {float(v) for v in labels})
             if extra:
                 raise DatasetError(f"{path}: label value(s) {[int(v) for v in extra]} are not declared in the "
-                                     f"data set (declared: {sorted(int(v) for v in labels)})")
+                                   f"data set (declared: {sorted(int(v) for v in labels)})")
     return LoadedImage(image, array)
 
 

@@ -26,7 +26,7 @@ def check_id_and_name(dataset_id: int, name: str) -> None:
         raise DatasetError(f"dataset id {dataset_id} is not in 1..999")
     if not NAME_PATTERN.fullmatch(name or ''):
         raise DatasetError(f"dataset name {name!r} must start with a letter or digit and hold only letters, "
-                             f"digits, '_' or '-'")
+                           f"digits, '_' or '-'")
 
 
 def resolve_dataset(dataset: str) -> str:
@@ -36,7 +36,7 @@ def resolve_dataset(dataset: str) -> str:
         return maybe_convert_to_dataset_name(dataset)
     except (RuntimeError, ValueError, TypeError) as e:
         raise DatasetError(f"dataset {dataset}: not found in nnUNet_raw, nnUNet_preprocessed or nnUNet_results "
-                             f"({_first(e)})") from None
+                           f"({_first(e)})") from None
 
 
 def _first(error: BaseException) -> str:
@@ -80,7 +80,7 @@ def check_dataset_id_free(raw: str, dataset_id: int, name: str, replace: bool = 
         raise DatasetError(f"dataset id {dataset_id} is already used by {', '.join(others)}; choose another id")
     if taken and not replace:
         raise DatasetError(f"{', '.join(taken)}: the data set exists already; choose another id, or use "
-                             f"--overwrite to replace it")
+                           f"--overwrite to replace it")
     busy = _in_flight(raw, dataset_id)
     if busy:
         raise DatasetError(f"dataset id {dataset_id} is being written by another run in {raw}: {busy[0]}")

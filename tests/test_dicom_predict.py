@@ -16,6 +16,7 @@ from conftest import TINY
 from rt_utils import RTStructBuilder
 
 from nnunet_ras.dicom.phantom import write_phantom_patients
+from nnunet_ras.dicom.predict import case_name
 from nnunet_ras.dicom.rtstruct import read_rtstruct
 from nnunet_ras.dicom.seg import read_dicom_seg
 from nnunet_ras.dicom.series import read_ct_series
@@ -52,7 +53,9 @@ def test_predict_on_dicom_writes_rtstruct_and_seg_referencing_the_source(trained
     assert 'PTV' in result.stdout and 'cc' in result.stdout
 
     series = read_ct_series(ct_folder)
-    rtstruct_path = os.path.join(out, 'CT_RTSTRUCT.dcm')
+    case = case_name(ct_folder, series)  # patient ID and series, not the folder name 'CT'
+    assert case.startswith(series.patient_id + '_')
+    rtstruct_path = os.path.join(out, f'{case}_RTSTRUCT.dcm')
     ds = pydicom.dcmread(rtstruct_path)
     assert ds.Modality == 'RTSTRUCT'
     assert (ds.PatientID, ds.PatientName, ds.StudyInstanceUID) == \
@@ -76,7 +79,7 @@ def test_predict_on_dicom_writes_rtstruct_and_seg_referencing_the_source(trained
     rt = RTStructBuilder.create_from(ct_folder, rtstruct_path)
     assert rt.get_roi_names() == names
     masks = {name: read_rtstruct(rtstruct_path, series).mask(name) for name in names}
-    report = json.load(open(os.path.join(out, 'CT_report.json')))
+    report = json.load(open(os.path.join(out, f'{case}_report.json')))
     volumes = report['volumes_cc']
     print(f"\nvolumes predicted by the 5-iteration model (cc): {volumes}")
     assert volumes['GTV'] <= volumes['CTV'] <= volumes['PTV']
@@ -84,17 +87,17 @@ def test_predict_on_dicom_writes_rtstruct_and_seg_referencing_the_source(trained
     if volumes['GTV'] > 0:  # a 5-iteration model may find no tumour; then the margins are empty too
         assert volumes['GTV'] < volumes['PTV']
 
-    seg = pydicom.dcmread(os.path.join(out, 'CT_SEG.dcm')) if volumes['PTV'] or volumes['Liver'] else None
+    seg = pydicom.dcmread(os.path.join(out, f'{case}_SEG.dcm')) if volumes['PTV'] or volumes['Liver'] else None
     if seg is not None:
         assert (seg.PatientID, seg.StudyInstanceUID, seg.FrameOfReferenceUID) == \
             (series.patient_id, series.study_uid, series.frame_of_reference_uid)
-        assert set(read_dicom_seg(os.path.join(out, 'CT_SEG.dcm'), series)) == \
+        assert set(read_dicom_seg(os.path.join(out, f'{case}_SEG.dcm'), series)) == \
             {name for name in names if volumes[name] > 0}
 
-    label = sitk.ReadImage(os.path.join(out, 'CT.nii.gz'))
+    label = sitk.ReadImage(os.path.join(out, f'{case}.nii.gz'))
     assert label.GetSize() == series.image.GetSize()
     assert np.allclose(label.GetOrigin(), series.image.GetOrigin())
-    assert not glob.glob(os.path.join(out, '*.part*'))
+    assert not glob.glob(os.path.join(out, '*.part*')) and not glob.glob(os.path.join(out, '.*'))
 
 
 def test_predict_on_nifti_and_ensemble_of_two_models(trained, tmp_path):
