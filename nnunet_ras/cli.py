@@ -101,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _internal_error(args) -> int:
+    """Prints the traceback of the exception being handled, and that it is a bug; exit code 1."""
+    import traceback
+    traceback.print_exc()
+    print(f"nnunet-ras: internal error in '{args.command}' (a bug in nnunet-ras or a library it calls, not a "
+          f"problem with your input): please report it with the traceback above", file=sys.stderr)
+    return 1
+
+
 def _raise_terminated(signal_number, frame) -> None:
     from nnunet_ras.errors import Terminated
     raise Terminated(signal_number)
@@ -122,6 +131,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except UserInputError as e:
         print(f"nnunet-ras: error: {e}", file=sys.stderr)
         return 2
+    except (PermissionError, FileExistsError, NotADirectoryError, IsADirectoryError, FileNotFoundError) as e:
+        if e.filename is None:  # not about a path the user can fix
+            return _internal_error(args)
+        # the backstop for a path the checks did not foresee: the file system names the path and the reason
+        print(f"nnunet-ras: error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
     except Terminated as e:
         print(f"nnunet-ras: {e}; temporary output removed, nothing incomplete was written", file=sys.stderr)
         return 128 + e.signal_number
@@ -129,11 +144,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("nnunet-ras: interrupted; temporary output removed, nothing incomplete was written", file=sys.stderr)
         return 130
     except Exception:
-        import traceback
-        traceback.print_exc()
-        print(f"nnunet-ras: internal error in '{args.command}' (a bug in nnunet-ras or a library it calls, not a "
-              f"problem with your input): please report it with the traceback above", file=sys.stderr)
-        return 1
+        return _internal_error(args)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

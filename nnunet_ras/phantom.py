@@ -74,19 +74,26 @@ def _write(array: np.ndarray, spacing_zyx, path: str) -> None:
 def write_phantom_dataset(raw_folder: str, dataset_id: int = 501, name: str = 'LiverPhantom',
                           num_train: int = 16, num_test: int = 4, seed: int = 0,
                           geometry: PhantomGeometry = PhantomGeometry()) -> str:
-    """Writes DatasetXXX_<name> (imagesTr, labelsTr, imagesTs, labelsTs, dataset.json); returns its folder."""
-    folder = os.path.join(raw_folder, f'Dataset{dataset_id:03d}_{name}')
-    for sub in ('imagesTr', 'labelsTr', 'imagesTs', 'labelsTs'):
-        os.makedirs(os.path.join(folder, sub), exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(num_train + num_test):
-        split = 'Tr' if i < num_train else 'Ts'
-        case = f'phantom_{i:03d}'
-        image, label = make_case(rng, geometry)
-        _write(image, geometry.spacing_zyx, os.path.join(folder, f'images{split}', f'{case}_0000.nii.gz'))
-        _write(label, geometry.spacing_zyx, os.path.join(folder, f'labels{split}', f'{case}.nii.gz'))
-    dataset_json = {'channel_names': {'0': 'CT'}, 'labels': LABELS, 'numTraining': num_train,
-                    'file_ending': '.nii.gz', 'name': name,
-                    'description': 'synthetic anisotropic abdominal CT phantom (nnunet_ras)'}
-    write_json_atomically(os.path.join(folder, 'dataset.json'), dataset_json)
-    return folder
+    """Writes DatasetXXX_<name> (imagesTr, labelsTr, imagesTs, labelsTs, dataset.json); returns its folder.
+
+    The id is claimed like every other new data set (``dataset_ids.claim_dataset``): refused when another data set
+    uses it; an earlier phantom of the same name is replaced whole once the new one is complete.
+    """
+    from nnunet_ras.dataset_ids import claim_dataset
+    os.makedirs(raw_folder, exist_ok=True)
+    with claim_dataset(raw_folder, dataset_id, name, replace=True) as claim:
+        folder = claim.work
+        for sub in ('imagesTr', 'labelsTr', 'imagesTs', 'labelsTs'):
+            os.makedirs(os.path.join(folder, sub), exist_ok=True)
+        rng = np.random.default_rng(seed)
+        for i in range(num_train + num_test):
+            split = 'Tr' if i < num_train else 'Ts'
+            case = f'phantom_{i:03d}'
+            image, label = make_case(rng, geometry)
+            _write(image, geometry.spacing_zyx, os.path.join(folder, f'images{split}', f'{case}_0000.nii.gz'))
+            _write(label, geometry.spacing_zyx, os.path.join(folder, f'labels{split}', f'{case}.nii.gz'))
+        dataset_json = {'channel_names': {'0': 'CT'}, 'labels': LABELS, 'numTraining': num_train,
+                        'file_ending': '.nii.gz', 'name': name,
+                        'description': 'synthetic anisotropic abdominal CT phantom (nnunet_ras)'}
+        write_json_atomically(os.path.join(folder, 'dataset.json'), dataset_json)
+    return claim.target

@@ -544,6 +544,8 @@ def test_user_mistakes_are_one_line_and_exit_2(workspace, tmp_path, capsys, smal
           '-o', str(tmp_path)], 'is a folder'),
         (['evaluate', '-ref', os.path.join(folder, 'labelsTr'), '-pred', os.path.join(folder, 'labelsTr'),
           '-o', os.path.join(a_file, 'metrics.json')], 'is a file, not a folder'),
+        (['phantom', '-o', a_file, '-d', '5', '-n', '1', '-t', '0'], a_file),
+        (['dicom-phantom', '-o', os.path.join(a_file, 'patients'), '-n', '1'], a_file),
     ]
     import torch
     if not torch.cuda.is_available():

@@ -184,6 +184,8 @@ def compare_trainers(dataset: str, configuration: str, trainers: Sequence[str], 
     Markdown."""
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunet_ras._io import check_output_file
+    check_output_file(os.path.join(output_folder, 'comparison.md'), 'the comparison (-o is a folder)')
     reference_trainer = reference_trainer or trainers[0]
     if reference_trainer not in trainers:
         raise DatasetError(f"reference trainer {reference_trainer} is not among the compared trainers {trainers}")

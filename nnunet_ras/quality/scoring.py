@@ -119,6 +119,9 @@ def score_folder(images_dir: str, segs_dir: str, model_folder: str, fold: str = 
                  device: torch.device = torch.device('cpu')) -> List[dict]:
     """Score every segmentation of segs_dir with the model's QAM; write ``quality_scores.csv/.json`` (lowest first)
     to output_folder (default: segs_dir) and return the rows."""
+    from nnunet_ras._io import check_output_file
+    for ending in ('.csv', '.json'):
+        check_output_file(os.path.join(output_folder or segs_dir, SCORES_NAME + ending), 'the quality scores')
     model = QualityModel(model_folder, fold, checkpoint_name, device)
     cases = case_files(images_dir, segs_dir, model.dataset_json['file_ending'], model.num_channels)
     rows = [{'case': case, 'score': model.score(images, seg), 'segmentation': seg} for case, images, seg in cases]
