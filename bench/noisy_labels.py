@@ -18,6 +18,7 @@ import os
 from common import (ROOT, SHARED_DATA, Workspace, copy_bench_plans, make_bench_plans, model_folder,
                     train_and_test)
 
+from nnunet_ras._io import write_json_atomically
 from nnunet_ras.training.bench_schedules import NOISY_LABELS
 
 SCHEDULE = f'{NOISY_LABELS[0]}epochs_{NOISY_LABELS[1]}iters'
@@ -74,9 +75,7 @@ def _ranking_auc(folder: str):
 
 
 def _save(results: dict, path: str) -> None:
-    with open(path + '.part', 'w') as f:
-        json.dump(results, f, indent=2)
-    os.replace(path + '.part', path)
+    write_json_atomically(path, results)
 
 
 def _dataset_for_row(ws: Workspace, source_id: int, row: str, radii, name: str) -> int:

@@ -110,7 +110,18 @@ def _internal_error(args) -> int:
     return 1
 
 
+_MAIN_PID = None
+
+
 def _raise_terminated(signal_number, frame) -> None:
+    """SIGTERM in the command's process becomes ``Terminated`` (cleanup runs); a worker process forked by nnU-Net
+    inherits the handler but is simply ended, as its parent expects."""
+    import os
+    import signal
+    if os.getpid() != _MAIN_PID:
+        signal.signal(signal_number, signal.SIG_DFL)
+        os.kill(os.getpid(), signal_number)
+        return
     from nnunet_ras.errors import Terminated
     raise Terminated(signal_number)
 
@@ -119,12 +130,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Runs one command. A user mistake (``UserInputError``) is one line on stderr and exit code 2; SIGTERM and
     Ctrl-C remove the command's temporary output and exit with 143 / 130; anything else is a bug and keeps its
     traceback, with a line saying so."""
+    import os
     import signal
     import threading
     from nnunet_ras.errors import Terminated, UserInputError
     args = build_parser().parse_args(argv)
     previous = None
     if threading.current_thread() is threading.main_thread():
+        global _MAIN_PID
+        _MAIN_PID = os.getpid()
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.func(args)

@@ -33,7 +33,7 @@ from nnunet_ras.dicom import DicomError
 from nnunet_ras.dicom.margins import apply_margins, margin_warnings, parse_margin
 from nnunet_ras.dicom.phantom import write_phantom_patients
 from nnunet_ras.dicom.predict import case_name
-from nnunet_ras.dicom.rtstruct import Roi, read_rtstruct, write_rtstruct
+from nnunet_ras.dicom.rtstruct import read_rtstruct
 from nnunet_ras.dicom.series import read_ct_series
 from nnunet_ras.errors import DatasetError, UserInputError
 from nnunet_ras.phantom import write_phantom_dataset
