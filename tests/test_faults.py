@@ -342,6 +342,19 @@ def test_dicom_to_dataset_rerun_extends_only_with_the_same_label_map(tmp_path, c
     assert sorted(os.listdir(tmp_path / 'raw')) == ['Dataset605_Rerun']
 
 
+def test_corrupt_labels_into_an_existing_data_set_needs_overwrite(workspace, capsys):
+    _phantom(workspace)
+    argv = ['corrupt-labels', '-d', '991', '-o', '994', '-name', 'Noisy', '-fraction', '0.4', '-radius', '1', '2']
+    assert main(argv) == 0
+    manifest = workspace.path('nnUNet_raw', 'Dataset994_Noisy', 'corruption_manifest.json')
+    first = open(manifest).read()
+    assert main(argv + ['-seed', '1']) == 2
+    assert 'exists already' in capsys.readouterr().err and open(manifest).read() == first
+    assert main(argv + ['-seed', '1', '--overwrite']) == 0
+    assert json.load(open(manifest))['seed'] == 1
+    assert sorted(os.listdir(workspace.path('nnUNet_raw'))) == ['Dataset991_Broken', 'Dataset994_Noisy']
+
+
 def test_id_claim_checks_range_name_and_all_three_folders(workspace):
     raw = workspace.path('nnUNet_raw')
     for dataset_id, name, message in ((0, 'A', '1..999'), (1000, 'A', '1..999'), (5, 'a b', 'name'),

@@ -25,9 +25,10 @@ def check_dataset_id_free(raw: str, dataset_id: int, name: str) -> None:
 
 
 @contextmanager
-def new_dataset_folder(raw: str, dataset_id: int, name: str) -> Iterator[str]:
+def new_dataset_folder(raw: str, dataset_id: int, name: str, replace: bool = False) -> Iterator[str]:
     """Yields a hidden work folder that becomes ``raw/DatasetNNN_name`` only if the block finishes (the package's
-    one id claim, ``dataset_ids.claim_dataset``), so a failure or interruption leaves nothing half-written."""
+    one id claim, ``dataset_ids.claim_dataset``), so a failure or interruption leaves nothing half-written. With
+    ``replace`` an existing data set of this id and name is replaced whole, once the new one is complete."""
     from nnunet_ras.dataset_ids import claim_dataset
-    with claim_dataset(raw, dataset_id, name) as claim:
+    with claim_dataset(raw, dataset_id, name, replace) as claim:
         yield claim.work

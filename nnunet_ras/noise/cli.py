@@ -5,7 +5,7 @@ import argparse
 def _corrupt_labels(args) -> int:
     from nnunet_ras.noise.corrupt import MANIFEST_NAME, corrupt_dataset
     folder = corrupt_dataset(args.d, args.o, args.name, args.fraction, tuple(args.radius), args.ops, args.shift,
-                             args.labels, args.seed)
+                             args.labels, args.seed, args.overwrite)
     print(f"{folder} (manifest: {MANIFEST_NAME})")
     return 0
 
@@ -37,6 +37,8 @@ def add_noise_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('-labels', nargs='+', default=None, help='label names or values to corrupt (default: all '
                                                             'foreground labels but ignore)')
     p.add_argument('-seed', type=int, default=0)
+    p.add_argument('--overwrite', action='store_true', help='replace an existing data set of this id and name whole '
+                                                            '(by default the id must be unused)')
     p.set_defaults(func=_corrupt_labels)
 
     p = subparsers.add_parser('jsrt-to-dataset', help='JSRT/SCR chest radiographs -> one nnU-Net raw 2D data set '

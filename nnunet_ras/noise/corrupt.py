@@ -155,7 +155,7 @@ def _source_dataset(raw: str, source: str) -> Tuple[str, dict, str]:
 
 def corrupt_dataset(source: str, new_id: int, new_name: str, fraction: float, radius_range: Tuple[int, int],
                     operations: Sequence[str] = OPERATIONS, shift: bool = False,
-                    labels: Optional[Sequence[str]] = None, seed: int = 0) -> str:
+                    labels: Optional[Sequence[str]] = None, seed: int = 0, overwrite: bool = False) -> str:
     """Writes $nnUNet_raw/DatasetNNN_<new_name>, a copy of ``source`` with round(fraction * numTraining) training
     labels corrupted (rounded half up), and its corruption_manifest.json; returns the new folder."""
     lo, hi = radius_range
@@ -185,7 +185,7 @@ def corrupt_dataset(source: str, new_id: int, new_name: str, fraction: float, ra
                 'conventions': CONVENTIONS.splitlines(),
                 'cases': {}}
     target = os.path.join(raw, f'Dataset{new_id:03d}_{new_name}')
-    with new_dataset_folder(raw, new_id, new_name) as tmp:
+    with new_dataset_folder(raw, new_id, new_name, overwrite) as tmp:
         for sub in ('imagesTr', 'imagesTs', 'labelsTs'):
             if os.path.isdir(os.path.join(folder, sub)):
                 _copy_tree(os.path.join(folder, sub), os.path.join(tmp, sub))
