@@ -16,6 +16,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from scipy.stats import wilcoxon
 
+from nnunet_ras._io import declared_label_values
 from nnunet_ras.dataset_checks import DatasetError
 from nnunet_ras.evaluation.evaluate import (cases_csv, evaluate_folder, targets_from_dataset_json,
                                             write_atomically, write_text_atomically)
@@ -92,7 +93,7 @@ def load_trainer(dataset_name: str, trainer: str, plans: str, configuration: str
         if not cases:
             raise DatasetError(f"{validation}: no validation predictions of trainer {trainer}")
         evaluations[fold] = evaluate_folder(gt_folder, validation, dataset_json['file_ending'], targets,
-                                            ignore_label, cases)
+                                            ignore_label, cases, declared_label_values(dataset_json['labels']))
     if len(parameters) > 1:
         raise DatasetError(f"{model_folder}: the folds' checkpoints hold different networks ({sorted(parameters)} "
                            f"parameters)")
