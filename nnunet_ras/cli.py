@@ -111,14 +111,22 @@ def _internal_error(args) -> int:
 
 
 _MAIN_PID = None
+_FORK_HOOK_REGISTERED = False
+
+
+def _default_sigterm_in_child() -> None:
+    """A worker process forked by nnU-Net (multiprocessing pools) must die on SIGTERM at once, as ``Pool.terminate``
+    expects; a Python-level handler would only run once the worker's main thread returns to Python, which a worker
+    blocked in C code never does."""
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _raise_terminated(signal_number, frame) -> None:
-    """SIGTERM in the command's process becomes ``Terminated`` (cleanup runs); a worker process forked by nnU-Net
-    inherits the handler but is simply ended, as its parent expects."""
+    """SIGTERM in the command's own process becomes ``Terminated``, so that cleanup runs."""
     import os
     import signal
-    if os.getpid() != _MAIN_PID:
+    if os.getpid() != _MAIN_PID:  # a child that did not go through os.fork's hooks
         signal.signal(signal_number, signal.SIG_DFL)
         os.kill(os.getpid(), signal_number)
         return
@@ -137,8 +145,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     previous = None
     if threading.current_thread() is threading.main_thread():
-        global _MAIN_PID
+        global _MAIN_PID, _FORK_HOOK_REGISTERED
         _MAIN_PID = os.getpid()
+        if not _FORK_HOOK_REGISTERED:
+            os.register_at_fork(after_in_child=_default_sigterm_in_child)
+            _FORK_HOOK_REGISTERED = True
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return args.func(args)

@@ -461,6 +461,27 @@ def test_interrupted_dicom_to_dataset_leaves_no_partial_case(workspace, tmp_path
     assert sorted(os.listdir(os.path.join(folder, 'labelsTr'))) == [f'{c}.nii.gz' for c in converted]
 
 
+def _exit_with_sigterm_disposition():
+    os._exit(0 if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL else 1)
+
+
+def test_worker_processes_forked_during_a_command_die_on_sigterm(monkeypatch, capsys):
+    """nnU-Net's pools end their workers with SIGTERM; a worker that inherited the command's Python-level handler
+    and sat in C code would never end (the parent then hangs in Pool.terminate)."""
+    import multiprocessing
+    import nnunet_ras.cli as cli
+    codes = []
+
+    def command(args):
+        worker = multiprocessing.get_context('fork').Process(target=_exit_with_sigterm_disposition)
+        worker.start()
+        worker.join(30)
+        codes.append(worker.exitcode)
+        return 0
+    monkeypatch.setattr(cli, '_trainer_path', command)
+    assert main(['trainer-path']) == 0 and codes == [0]
+
+
 def test_a_killed_writer_leaves_only_a_hidden_temporary_that_the_next_run_removes(tmp_path):
     target = str(tmp_path / 'metrics.json')
     code = ("import os, sys\n"
