@@ -6,6 +6,7 @@ the label more; rankings list the lowest score first, the contours to review fir
 """
 import csv
 import io
+import json
 import os
 from typing import Dict, Iterable, List, Optional, Sequence
 
