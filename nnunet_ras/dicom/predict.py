@@ -16,6 +16,7 @@ import SimpleITK as sitk
 
 from nnunet_ras.dicom import DicomError
 from nnunet_ras.dicom.margins import MarginSpec, apply_margins, volume_cc
+from nnunet_ras.dicom.postprocess import Cleanup, clean_labels, find_postprocessing
 from nnunet_ras.dicom.rtstruct import RT_INTERPRETED_TYPES, Roi, write_rtstruct
 from nnunet_ras.dicom.seg import write_dicom_seg
 from nnunet_ras.dicom.series import CtSeries, label_on_series_grid, read_ct_series
@@ -142,24 +143,31 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
                  folds: Optional[Sequence[str]] = None, checkpoint: str = 'checkpoint_final.pth',
                  device: str = 'cpu', use_mirroring: bool = True, style: RoiStyle = RoiStyle(),
                  margins: Sequence[MarginSpec] = (), series_uid: Optional[str] = None,
-                 allow_missing_identity: bool = False) -> dict:
-    """Predicts one case and writes ``<case>.nii.gz`` (model labels), one NIfTI mask per margin structure, for DICOM
-    input ``<case>_RTSTRUCT.dcm`` and ``<case>_SEG.dcm``, and ``<case>_report.json`` (volumes, files, warnings)."""
+                 allow_missing_identity: bool = False, cleanup: Cleanup = Cleanup()) -> dict:
+    """Predicts one case and writes ``<case>.nii.gz`` (model labels, after ``cleanup``), one NIfTI mask per margin
+    structure, for DICOM input ``<case>_RTSTRUCT.dcm`` and ``<case>_SEG.dcm``, and ``<case>_report.json`` (volumes,
+    clean-up, files, warnings). Names, models and the clean-up are checked before the network runs."""
+    _check_model_folders(model_folders, folds, checkpoint)
+    with open(os.path.join(model_folders[0], 'dataset.json')) as f:
+        model_labels = json.load(f)['labels']
+    unknown = set(style.names) - set(model_labels)
+    if unknown:
+        raise DicomError(f"--roi_names: the model has no label(s) {sorted(unknown)} (labels: "
+                         f"{', '.join(k for k in model_labels if k != 'background')})")
+    values = {style.names.get(label, label): value for label, value in model_labels.items()
+              if label != 'background' and isinstance(value, int)}
+    cleanup.check_names(list(values))
+    postprocessing_file = find_postprocessing(model_folders, folds, cleanup.postprocessing)
     with tempfile.TemporaryDirectory() as workdir:
         case, nifti, series = _load_input(input_path, series_uid, workdir)
-        segmentation, dataset_json = predict_probabilities(model_folders, folds, checkpoint, nifti, device,
+        segmentation, _ = predict_probabilities(model_folders, folds, checkpoint, nifti, device,
                                                            use_mirroring)
     grid = series.image if series is not None else segmentation
     label_array = label_on_series_grid(segmentation, series) if series is not None else \
         sitk.GetArrayFromImage(segmentation)
     spacing_zyx = grid.GetSpacing()[::-1]
-
-    unknown = set(style.names) - set(dataset_json['labels'])
-    if unknown:
-        raise DicomError(f"--roi_names: the model has no label(s) {sorted(unknown)} (labels: "
-                         f"{', '.join(k for k in dataset_json['labels'] if k != 'background')})")
-    masks = {style.names.get(label, label): label_array == value
-             for label, value in dataset_json['labels'].items() if label != 'background' and isinstance(value, int)}
+    label_array, cleanup_report = clean_labels(label_array, values, spacing_zyx, cleanup, postprocessing_file)
+    masks = {name: label_array == value for name, value in values.items()}
     margin_masks = apply_margins(masks, spacing_zyx, margins)
     rois = [Roi(name, mask, style.interpreted_type(name), style.colors.get(name),
                 description='nnU-Net prediction' if name in masks else
@@ -169,7 +177,9 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
     os.makedirs(output_folder, exist_ok=True)
     written, warnings = [], []
     label_path = os.path.join(output_folder, f'{case}.nii.gz')
-    _write_image(sitk.Cast(segmentation, sitk.sitkUInt8), label_path)
+    label_image = sitk.GetImageFromArray(label_array.astype(np.uint8))
+    label_image.CopyInformation(grid)
+    _write_image(label_image, label_path)
     written.append(label_path)
     for name, mask in margin_masks.items():
         image = sitk.GetImageFromArray(mask.astype(np.uint8))
@@ -188,7 +198,7 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
             written.append(rtstruct_path)
     report = {'case': case, 'input': os.path.abspath(input_path), 'models': [os.path.abspath(m) for m in model_folders],
               'folds': list(folds) if folds else 'all available',
-              'margins': [m.describe() for m in margins],
+              'margins': [m.describe() for m in margins], 'cleanup': cleanup_report,
               'volumes_cc': {roi.name: round(volume_cc(roi.mask, spacing_zyx), 3) for roi in rois},
               'files': written, 'warnings': warnings}
     _write_text(json.dumps(report, indent=2), os.path.join(output_folder, f'{case}_report.json'))
