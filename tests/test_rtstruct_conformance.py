@@ -124,3 +124,31 @@ def test_phantom_ct_series_and_its_rtstruct_conform(tmp_path):
     for path in [os.path.join(patient, 'CT', ct[0]), os.path.join(patient, 'RS_plan.dcm')]:
         result = dciodvfy(path)
         assert result.errors == [], result.errors
+
+
+def test_roi_names_and_character_sets(tmp_path):
+    """ROI names a planning system cannot hold are refused before anything is written; the structure set keeps the
+    CT's character set, so a UTF-8 patient name and ROI name survive."""
+    from nnunet_ras.dicom import DicomError
+    from nnunet_ras.dicom.rtstruct import Roi, read_rtstruct, write_rtstruct
+    series = cases.oblique_series(str(tmp_path / 'ct'))
+    mask = np.zeros(tuple(reversed(series.image.GetSize())), bool)
+    mask[10:14, 30:50, 30:50] = True
+    for name, message in [('x' * 65, '65 characters'), ('GTV\\1', 'backslash'), ('肝臓', 'cannot hold'),
+                          ('  ', 'empty')]:
+        with pytest.raises(DicomError, match=message):
+            write_rtstruct(series, [Roi(name, mask)], str(tmp_path / 'rs.dcm'))
+    with pytest.raises(DicomError, match='repeat'):
+        write_rtstruct(series, [Roi('GTV', mask), Roi('GTV', mask)], str(tmp_path / 'rs.dcm'))
+    assert not os.path.exists(tmp_path / 'rs.dcm')
+
+    for path in sorted(os.listdir(tmp_path / 'ct')):  # the same CT, in UTF-8
+        ds = pydicom.dcmread(tmp_path / 'ct' / path)
+        ds.SpecificCharacterSet, ds.PatientName = 'ISO_IR 192', 'Müller^Jörg'
+        ds.save_as(tmp_path / 'ct' / path)
+    series = read_ct_series(str(tmp_path / 'ct'))
+    write_rtstruct(series, [Roi('肝臓', mask)], str(tmp_path / 'rs.dcm'))
+    written = pydicom.dcmread(tmp_path / 'rs.dcm')
+    assert written.SpecificCharacterSet == 'ISO_IR 192' and str(written.PatientName) == 'Müller^Jörg'
+    assert np.array_equal(read_rtstruct(str(tmp_path / 'rs.dcm'), series).mask('肝臓'), mask)
+    assert dciodvfy(str(tmp_path / 'rs.dcm')).errors == []

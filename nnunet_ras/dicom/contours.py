@@ -22,6 +22,7 @@ and keyholes both read as meant.
 from typing import List
 
 import numpy as np
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 
@@ -39,14 +40,12 @@ def _drop_collinear(ring: np.ndarray) -> np.ndarray:
     return ring[np.abs(cross) > 1e-9]
 
 
-def _inside(point: np.ndarray, ring: np.ndarray) -> bool:
-    """Even-odd test of ``point`` against ``ring`` (never on it: vertices of different rings are distinct)."""
-    r, c = ring[:, 0], ring[:, 1]
-    r2, c2 = np.roll(r, -1), np.roll(c, -1)
-    crosses = (r > point[0]) != (r2 > point[0])
-    with np.errstate(divide='ignore', invalid='ignore'):
-        at = c + (point[0] - r) * (c2 - c) / (r2 - r)
-    return bool(np.count_nonzero(crosses & (point[1] < at)) % 2)
+def _region_of(ring: np.ndarray, regions: np.ndarray) -> int:
+    """The labelled region a ring bounds: of the two voxels its first vertex lies between, the one inside."""
+    r, c = ring[0]
+    candidates = {(int(np.floor(r)), int(np.floor(c))), (int(np.ceil(r)), int(np.ceil(c)))}
+    return max(int(regions[y, x]) for y, x in candidates
+               if 0 <= y < regions.shape[0] and 0 <= x < regions.shape[1])
 
 
 def _keyhole(outer: np.ndarray, holes: List[np.ndarray]) -> np.ndarray:
@@ -73,14 +72,15 @@ def mask_to_polygons(mask: np.ndarray) -> List[np.ndarray]:
         return []
     padded = np.pad(mask.astype(np.float32), 1)
     rings = [_drop_collinear(ring[:-1] - 1.0) for ring in find_contours(padded, 0.5)]
-    areas = [_signed_area(ring) for ring in rings]
-    outers = [k for k, a in enumerate(areas) if a > 0]
-    holes_of = {k: [] for k in outers}
-    for h in (k for k, a in enumerate(areas) if a < 0):
-        # the hole belongs to the smallest outer ring around it (islands in holes have outer rings of their own)
-        around = [k for k in outers if _inside(rings[h][0], rings[k])]
-        holes_of[min(around, key=lambda k: areas[k])].append(rings[h])
-    return [_keyhole(rings[k], holes_of[k]) for k in outers]
+    regions = ndimage.label(mask)[0]  # 4-connected, as marching squares joins voxels above the level
+    outers, holes_of = {}, {}
+    for ring in rings:  # a region has one outer ring (positive area) and a hole ring per hole (negative)
+        region = _region_of(ring, regions)
+        if _signed_area(ring) > 0:
+            outers[region] = ring
+        else:
+            holes_of.setdefault(region, []).append(ring)
+    return [_keyhole(ring, holes_of.get(region, [])) for region, ring in outers.items()]
 
 
 def polygons_to_mask(polygons: List[np.ndarray], shape) -> np.ndarray:

@@ -22,14 +22,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import Tag
 
 from nnunet_ras.dicom import DicomError
 from nnunet_ras.dicom.contours import mask_to_polygons, polygons_to_mask
 from nnunet_ras.dicom.series import RTSTRUCT_STORAGE, CtSeries
 
+CONTOUR_DATA = 0x30060050
 DEFAULT_COLORS = {'GTV': (255, 0, 0), 'CTV': (255, 165, 0), 'PTV': (0, 128, 255)}
 RT_INTERPRETED_TYPES = ('EXTERNAL', 'PTV', 'CTV', 'GTV', 'TREATED_VOLUME', 'IRRAD_VOLUME', 'OAR', 'BOLUS',
                         'AVOIDANCE', 'ORGAN', 'MARKER', 'REGISTRATION', 'ISOCENTER', 'CONTRAST_AGENT', 'CAVITY',
@@ -110,6 +113,14 @@ def _ds(value: float) -> str:
     return text
 
 
+def _ds_element(tag: int, values: np.ndarray) -> RawDataElement:
+    """A DS element from numbers, encoded once as text (pydicom would otherwise build and validate an object per
+    value: half the time of writing a structure set)."""
+    text = '\\'.join(_ds(v) for v in values).encode('ascii')
+    text += b' ' * (len(text) % 2)
+    return RawDataElement(Tag(tag), 'DS', len(text), text, 0, True, True)
+
+
 def contour_sequence(mask: np.ndarray, series: CtSeries) -> DicomSequence:
     """The Contour Sequence of a (z, y, x) mask: per slice, one CLOSED_PLANAR contour per region (holes keyholed)."""
     sequence = DicomSequence()
@@ -120,7 +131,7 @@ def contour_sequence(mask: np.ndarray, series: CtSeries) -> DicomSequence:
             item.ContourImageSequence = DicomSequence([_reference(header)])
             item.ContourGeometricType = 'CLOSED_PLANAR'
             item.NumberOfContourPoints = len(polygon)
-            item.ContourData = [_ds(v) for v in _to_patient(polygon, header).ravel()]
+            item[CONTOUR_DATA] = _ds_element(CONTOUR_DATA, _to_patient(polygon, header).ravel())
             sequence.append(item)
     return sequence
 
@@ -229,6 +240,8 @@ def write_rtstruct(series: CtSeries, rois: Sequence[Roi], path: str, label: str 
             structure_set.add_roi(mask=empty, color=list(color) if color else None, name=roi.name,
                                   description=roi.description, roi_generation_algorithm=0)  # AUTOMATIC
         ds.ROIContourSequence[-1].ContourSequence = contour_sequence(roi.mask.astype(bool), series)
+        for item in ds.ROIContourSequence[-1].ContourSequence:  # encoded as the file is (implicit VR LE, ASCII
+            item.set_original_encoding(True, True, pydicom.charset.default_encoding)  # only): written as they are
         ds.RTROIObservationsSequence[-1].RTROIInterpretedType = roi.interpreted_type
     tmp = path + '.part'
     try:
