@@ -32,11 +32,12 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return dice(a.astype(np.uint8), b.astype(np.uint8), 1)
 
 
-def _vertices_on_mask(rtstruct_path: str, roi_name: str, image: sitk.Image, mask: np.ndarray) -> float:
-    """Fraction of the ROI's contour vertices that fall on a voxel of ``mask``, mapped with SimpleITK's geometry.
+def _vertices_between_voxels(rtstruct_path: str, roi_name: str, image: sitk.Image, mask: np.ndarray) -> float:
+    """Fraction of the ROI's contour vertices that lie on the border of ``mask``, mapped with SimpleITK's geometry:
+    half a voxel in-plane from a voxel inside and from one outside (contours pass between voxel centres).
 
-    An independent check of the patient coordinates written: a round trip through rt-utils alone would not notice
-    an error that its writer and reader share (e.g. swapped axes).
+    An independent check of the patient coordinates written: a round trip through our writer and reader alone would
+    not notice an error that both share (e.g. swapped axes).
     """
     ds = pydicom.dcmread(rtstruct_path)
     number = next(r.ROINumber for r in ds.StructureSetROISequence if r.ROIName == roi_name)
@@ -44,8 +45,12 @@ def _vertices_on_mask(rtstruct_path: str, roi_name: str, image: sitk.Image, mask
     hits = total = 0
     for contour in contours:
         for point in np.asarray(contour.ContourData, dtype=float).reshape(-1, 3):
-            x, y, z = image.TransformPhysicalPointToIndex(point.tolist())
-            hits += bool(mask[z, y, x])
+            x, y, z = image.TransformPhysicalPointToContinuousIndex(point.tolist())
+            k = int(round(z))
+            neighbours = {(int(round(y + dy)), int(round(x + dx))) for dy in (-0.25, 0.25) for dx in (-0.25, 0.25)}
+            values = {bool(mask[k, j, i]) if 0 <= j < mask.shape[1] and 0 <= i < mask.shape[2] else False
+                      for j, i in neighbours}
+            hits += abs(z - k) < 1e-3 and values == {True, False}
             total += 1
     return hits / total
 
@@ -147,16 +152,33 @@ def test_geometry_faults_are_refused_with_the_reason(tmp_path, fault, message):
     assert str(tmp_path) in str(error.value)
 
 
-def test_oblique_series_is_read_in_its_orientation_and_refused_for_contours(tmp_path):
+def test_oblique_series_is_read_in_its_orientation_and_contoured_on_rectangular_pixels(tmp_path):
     series = read_ct_series(data('dicom_rt', 'rt-utils', 'oriented_data'))
     assert any('oblique' in w for w in series.warnings)
     row, column = (np.asarray(series.first.ImageOrientationPatient, float)[i:i + 3] for i in (0, 3))
     for k, header in enumerate(series.headers):  # voxel (x=3, y=2) of slice k is where the DICOM header says
         expected = np.asarray(header.ImagePositionPatient, float) + 3 * 2.5 * row + 2 * 3.5 * column
         assert np.allclose(series.image.TransformIndexToPhysicalPoint((3, 2, k)), expected, atol=1e-3)
-    with pytest.raises(DicomError, match='square images with square pixels'):
+    with pytest.raises(DicomError, match='no FrameOfReferenceUID'):
         write_rtstruct(series, [Roi('x', np.ones((3, 50, 100), bool))], str(tmp_path / 'rs.dcm'))
     assert not os.listdir(tmp_path)
+    # with a frame of reference, the 100 x 50 grid of 2.5 x 3.5 mm pixels carries contours exactly
+    for path in glob.glob(os.path.join(data('dicom_rt', 'rt-utils', 'oriented_data'), '*.dcm')):
+        _edit_copy(path, tmp_path / 'ct', FrameOfReferenceUID='1.2.3.4.5', PatientID='OBLIQUE')
+    series = read_ct_series(str(tmp_path / 'ct'))
+    z, y, x = np.meshgrid(*[np.arange(n) for n in (3, 50, 100)], indexing='ij')
+    ellipse = ((x - 40) * 2.5) ** 2 + ((y - 20) * 3.5) ** 2 <= 40 ** 2
+    write_rtstruct(series, [Roi('GTV', ellipse, 'GTV')], str(tmp_path / 'rs.dcm'))
+    assert np.array_equal(read_rtstruct(str(tmp_path / 'rs.dcm'), series).mask('GTV'), ellipse)
+    assert _vertices_between_voxels(str(tmp_path / 'rs.dcm'), 'GTV', series.image, ellipse) == 1.0
+
+
+def _edit_copy(path, folder, **changes):
+    os.makedirs(folder, exist_ok=True)
+    ds = pydicom.dcmread(path)
+    for keyword, value in changes.items():
+        setattr(ds, keyword, value)
+    ds.save_as(os.path.join(folder, os.path.basename(path)))
 
 
 def test_oblique_series_with_square_pixels_round_trips(tmp_path):
@@ -175,7 +197,7 @@ def test_oblique_series_with_square_pixels_round_trips(tmp_path):
     back = read_rtstruct(str(tmp_path / 'rs.dcm'), series).mask('GTV')
     print(f"\nround-trip Dice, oblique (20 degrees) synthetic series, 12 mm ball: {_dice(back, ball):.5f}")
     assert _dice(back, ball) >= 0.95
-    assert _vertices_on_mask(str(tmp_path / 'rs.dcm'), 'GTV', series.image, ball) == 1.0
+    assert _vertices_between_voxels(str(tmp_path / 'rs.dcm'), 'GTV', series.image, ball) == 1.0
 
 
 # --- RTSTRUCT ----------------------------------------------------------------------------------------------------
@@ -195,7 +217,7 @@ def test_rtstruct_of_20_slice_series_round_trips_liver(tmp_path):
     liver_dice = _dice(back, liver)
     print(f"\nround-trip Dice, 20-slice series, liver: {liver_dice:.5f} ({int(liver.sum())} voxels)")
     assert liver_dice >= 0.95
-    assert _vertices_on_mask(path, 'Liver', series.image, liver) == 1.0
+    assert _vertices_between_voxels(path, 'Liver', series.image, liver) == 1.0
     ds = pydicom.dcmread(path)
     assert ds.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID == series.frame_of_reference_uid
     referenced = ds.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0] \

@@ -7,6 +7,7 @@ rt-utils, margins nested, ensembling, files complete.
 import glob
 import json
 import os
+import pickle
 
 import numpy as np
 import pydicom
@@ -17,6 +18,7 @@ from rt_utils import RTStructBuilder
 
 from nnunet_ras.dicom.phantom import write_phantom_patients
 from nnunet_ras.dicom.predict import case_name
+from nnunet_ras.dicom.readers import dciodvfy
 from nnunet_ras.dicom.rtstruct import read_rtstruct
 from nnunet_ras.dicom.seg import read_dicom_seg
 from nnunet_ras.dicom.series import read_ct_series
@@ -94,6 +96,9 @@ def test_predict_on_dicom_writes_rtstruct_and_seg_referencing_the_source(trained
         assert set(read_dicom_seg(os.path.join(out, f'{case}_SEG.dcm'), series)) == \
             {name for name in names if volumes[name] > 0}
 
+    for written in glob.glob(os.path.join(out, '*.dcm')):  # the reference validator finds nothing to report
+        assert dciodvfy(written).errors == [], written
+
     label = sitk.ReadImage(os.path.join(out, f'{case}.nii.gz'))
     assert label.GetSize() == series.image.GetSize()
     assert np.allclose(label.GetOrigin(), series.image.GetOrigin())
@@ -152,3 +157,71 @@ def test_sigterm_during_predict_leaves_no_output_and_the_rerun_succeeds(trained,
     assert os.listdir(tmp_path) == []
     ws.run(cmd)
     assert os.listdir(tmp_path) == ['out'] and len(os.listdir(out)) == 2  # label map and report
+
+
+def test_predict_cleanup_nnunet_postprocessing_islands_and_holes(trained, tmp_path):
+    """nnU-Net's postprocessing.pkl is found in the model folder and applied, islands and holes are cleaned, every
+    change is in the report, and the NIfTI, the volumes and the RTSTRUCT agree with each other."""
+    from nnunetv2.postprocessing.remove_connected_components import \
+        remove_all_but_largest_component_from_segmentation
+    ws, model = trained
+    copy = tmp_path / 'model'  # the fixture's model with a post-processing of its own
+    os.makedirs(copy / 'crossval_results_folds_0')
+    for name in ('plans.json', 'dataset.json'):
+        os.symlink(os.path.join(model, name), copy / name)
+    os.symlink(os.path.join(model, 'fold_0'), copy / 'fold_0')
+    with open(copy / 'crossval_results_folds_0' / 'postprocessing.pkl', 'wb') as f:
+        pickle.dump(([remove_all_but_largest_component_from_segmentation], [{'labels_or_regions': 2}]), f)
+    patient = write_phantom_patients(str(tmp_path / 'dicom'), 1, seed=11, with_rtstruct=False, geometry=TINY)[0]
+    ct = os.path.join(patient, 'CT')
+    common = ['nnunet-ras', 'predict', '-i', ct, '-m', str(copy), '-f', '0', '-device', 'cpu', '--disable_tta',
+              '--roi_names', 'tumour=GTV', 'liver=Liver', '--margin', 'PTV=GTV+5']
+    ws.run([*common, '-o', str(tmp_path / 'raw'), '--postprocessing', 'none'])
+    result = ws.run([*common, '-o', str(tmp_path / 'clean'), '--min_island_cc', 'Liver=1000',
+                     '--fill_holes', 'Liver'])
+    assert 'clean-up: Liver: islands under 1000 cc removed' in result.stdout
+    case = case_name(ct, read_ct_series(ct))
+    raw, clean = (json.load(open(tmp_path / f / f'{case}_report.json')) for f in ('raw', 'clean'))
+    assert raw['cleanup'] == []
+    steps = {(s['step'], s['structure']): s for s in clean['cleanup']}
+    print(f"\nclean-up of the 5-iteration model's prediction: {clean['cleanup']}; volumes before "
+          f"{raw['volumes_cc']}, after {clean['volumes_cc']}")
+    assert raw['volumes_cc']['Liver'] > 0
+    assert steps[('nnU-Net postprocessing', 'GTV')]['file'].endswith('crossval_results_folds_0/postprocessing.pkl')
+    liver_change = steps[('islands under 1000 cc removed', 'Liver')]['removed_cc']
+    liver_added = steps[('holes filled (per slice)', 'Liver')]['added_cc']
+    assert abs(raw['volumes_cc']['Liver'] - liver_change + liver_added - clean['volumes_cc']['Liver']) < 0.01
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / 'clean' / f'{case}.nii.gz')))
+    from scipy import ndimage
+    assert ndimage.label(labels == 1, np.ones((3, 3, 3)))[1] <= 1  # the largest liver part only
+    assert ndimage.label(labels == 2, np.ones((3, 3, 3)))[1] <= 1  # nnU-Net's largest-component rule on tumour
+    for plane in labels:  # no background left inside the liver on any slice
+        assert not (ndimage.binary_fill_holes(plane == 1) & (plane == 0)).any()
+    series = read_ct_series(ct)
+    gtv = read_rtstruct(str(tmp_path / 'clean' / f'{case}_RTSTRUCT.dcm'), series).mask('GTV')
+    assert np.array_equal(gtv, labels == 2)
+
+
+def test_clean_labels_on_a_constructed_map():
+    from nnunet_ras.dicom.postprocess import Cleanup, clean_labels
+    labels = np.zeros((4, 20, 20), np.uint8)
+    labels[:, 2:12, 2:12] = 1  # liver, 400 voxels of 1 mm^3 ...
+    labels[1, 5:8, 5:8] = 0  # ... with a hole on one slice
+    labels[2, 5:7, 5:7] = 2  # a tumour inside it: not background, never filled over
+    labels[0, 15, 15] = 1  # a one-voxel island
+    labels[3, 17:19, 17:19] = 2  # a second, smaller tumour part
+    cleaned, report = clean_labels(labels, {'Liver': 1, 'GTV': 2}, (1.0, 1.0, 1.0),
+                                   Cleanup('none', {'Liver': 0.01, 'GTV': 1.0}, ['Liver']), None)
+    assert cleaned[0, 15, 15] == 0 and (cleaned[1, 5:8, 5:8] == 1).all() and (cleaned[2, 5:7, 5:7] == 2).all()
+    assert (cleaned[3, 17:19, 17:19] == 0).all()  # the smaller tumour part goes, the larger stays
+    assert {(r['structure'], r.get('removed_cc', r.get('added_cc'))) for r in report} == \
+        {('Liver', 0.001), ('GTV', 0.004), ('Liver', 0.009)}
+
+
+def test_predict_refuses_unknown_cleanup_names_before_running_the_model(trained, tmp_path):
+    ws, model = trained
+    image = sorted(glob.glob(ws.path('nnUNet_raw', 'Dataset990_TinyPhantom', 'imagesTs', '*_0000.nii.gz')))[0]
+    result = ws.run(['nnunet-ras', 'predict', '-i', image, '-o', str(tmp_path / 'out'), '-m', model, '-f', '0',
+                     '-device', 'cpu', '--min_island_cc', 'Spleen=1'], check=False)
+    assert result.returncode == 2 and "'Spleen'" in result.stderr and 'does not predict' in result.stderr
+    assert not os.path.exists(tmp_path / 'out')

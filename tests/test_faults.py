@@ -28,6 +28,7 @@ import nnunet_ras
 from conftest import TINY
 from nnunet_ras._io import atomic_folder, read_image, remove_stale_parts, write_atomically
 from nnunet_ras.cli import main
+from nnunet_ras.dataset_checks import check_raw_dataset
 from nnunet_ras.dataset_ids import claim_dataset
 from nnunet_ras.dicom import DicomError
 from nnunet_ras.dicom.margins import apply_margins, margin_warnings, parse_margin
@@ -429,7 +430,10 @@ def test_interrupted_corrupt_labels_leaves_no_partial_data_set(workspace, sig):
     code, err = _interrupt(cmd, workspace.env, raw, sig, seed=int(sig))
     if code == 0:
         pytest.skip('the run finished before the signal')
-    assert not os.path.exists(os.path.join(raw, 'Dataset993_Noisy'))
+    target = os.path.join(raw, 'Dataset993_Noisy')
+    if os.path.exists(target):  # the signal came after the final rename: then the data set is complete
+        assert check_raw_dataset(target) and os.path.isfile(os.path.join(target, 'corruption_manifest.json'))
+        cmd += ['--overwrite']
     if sig == signal.SIGTERM:
         assert code == 143 and 'terminated' in err and 'Traceback' not in err
         assert not _leftovers(raw)
@@ -440,7 +444,7 @@ def test_interrupted_corrupt_labels_leaves_no_partial_data_set(workspace, sig):
 
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGKILL])
 def test_interrupted_dicom_to_dataset_leaves_no_partial_case(workspace, tmp_path, sig):
-    write_phantom_patients(str(tmp_path / 'dicom'), 4, seed=0, geometry=TINY)
+    write_phantom_patients(str(tmp_path / 'dicom'), 8, seed=0, geometry=TINY)
     raw = str(tmp_path / 'raw')
     os.makedirs(raw)
     cmd = ['nnunet-ras', 'dicom-to-dataset', '-i', str(tmp_path / 'dicom'), '-d', '606', '-name', 'Killed',
@@ -448,14 +452,17 @@ def test_interrupted_dicom_to_dataset_leaves_no_partial_case(workspace, tmp_path
     code, err = _interrupt(cmd, workspace.env, raw, sig, seed=int(sig) + 1)
     if code == 0:
         pytest.skip('the run finished before the signal')
-    assert not os.path.exists(os.path.join(raw, 'Dataset606_Killed'))
+    target = os.path.join(raw, 'Dataset606_Killed')
+    if os.path.exists(target):  # the signal came after the final rename: then the data set is complete
+        assert check_raw_dataset(target)
+        cmd += ['--overwrite']
     if sig == signal.SIGTERM:
         assert code == 143 and not _leftovers(raw)
     workspace.run(cmd)
     assert not _leftovers(raw)
     folder = os.path.join(raw, 'Dataset606_Killed')
     report = json.load(open(os.path.join(folder, 'dicom_conversion_report.json')))
-    assert len(report) == 4 and all(r['status'] == 'converted' or r['reason'] for r in report)
+    assert len(report) == 8 and all(r['status'] == 'converted' or r['reason'] for r in report)
     converted = sorted(r['patient'] for r in report if r['status'] == 'converted')
     assert json.load(open(os.path.join(folder, 'dataset.json')))['numTraining'] == len(converted) > 0
     assert sorted(os.listdir(os.path.join(folder, 'labelsTr'))) == [f'{c}.nii.gz' for c in converted]
@@ -541,7 +548,7 @@ def test_non_ct_model_on_a_ct_series_is_refused(tmp_path, capsys):
 
 
 @pytest.mark.parametrize('names, message', [
-    (['tumour=' + 'G' * 65], 'at most 64'), (['tumour=GTV_肝'], 'cannot represent'), (['tumour=GTV\\1'], 'backslash')])
+    (['tumour=' + 'G' * 65], 'DICOM allows 64'), (['tumour=GTV_肝'], 'cannot hold'), (['tumour=GTV\\1'], 'backslash')])
 def test_roi_names_dicom_cannot_hold_are_refused_before_inference(tmp_path, capsys, names, message):
     code, err = _predict(capsys, _ct_patient(tmp_path), str(tmp_path / 'out'), _fake_model(tmp_path),
                          '--roi_names', *names)

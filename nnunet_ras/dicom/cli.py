@@ -77,13 +77,18 @@ def check_device(device: str) -> str:
 
 def _predict(args) -> int:
     from nnunet_ras.dicom.margins import parse_margin
+    from nnunet_ras.dicom.postprocess import Cleanup, parse_min_island
     from nnunet_ras.dicom.predict import parse_style, predict_case
     import torch
     device = check_device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    cleanup = Cleanup(args.postprocessing, parse_min_island(args.min_island_cc), args.fill_holes)
     report = predict_case(args.i, args.o, _model_folders(args), args.f, args.chk, device,
                           not args.disable_tta, parse_style(args.roi_names, args.roi_colors, args.roi_types),
                           [parse_margin(m) for m in args.margin], args.series_uid, args.allow_missing_identity,
-                          args.overwrite)
+                          cleanup, args.overwrite)
+    for step in report['cleanup']:
+        change = f"{step['removed_cc']:.2f} cc removed" if 'removed_cc' in step else f"{step['added_cc']:.2f} cc added"
+        print(f"clean-up: {step['structure']}: {step['step']}: {change}")
     for name, cc in report['volumes_cc'].items():
         print(f"{name:24s} {cc:10.2f} cc")
     for warning in report['warnings']:
@@ -153,6 +158,15 @@ def add_dicom_commands(subparsers) -> None:
                    help='margin structures in order, e.g. CTV=GTV+10@liver PTV=CTV+5,5,7 (mm along x,y,z)')
     p.add_argument('--allow_missing_identity', action='store_true',
                    help='write RTSTRUCT/SEG for a de-identified CT with empty study/series/patient IDs (copied empty)')
+    p.add_argument('--postprocessing', default='auto', metavar='auto|none|FILE',
+                   help="nnU-Net's postprocessing.pkl (from nnUNetv2_find_best_configuration); auto: the model "
+                        "folder's own (or its crossval_results_folds_<folds>/) if it has one; applied before margins")
+    p.add_argument('--min_island_cc', nargs='+', default=[], metavar='ROI=CC',
+                   help='remove 3D islands smaller than CC of a predicted structure (its largest part always stays), '
+                        'e.g. Liver=1 GTV=0.05; default: none removed')
+    p.add_argument('--fill_holes', nargs='+', default=[], metavar='ROI',
+                   help='fill holes of these predicted structures slice by slice (only background is filled); '
+                        'default: none')
     p.set_defaults(func=_predict)
 
     p = subparsers.add_parser('dicom-phantom', help='write synthetic DICOM patients (CT series + RTSTRUCT with '

@@ -48,7 +48,8 @@ def write_ct_series(image: sitk.Image, folder: str, patient_id: str, patient_nam
         ds.StudyDate = ds.SeriesDate = now.strftime('%Y%m%d')
         ds.StudyTime = ds.SeriesTime = now.strftime('%H%M%S')
         ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = '1', '', ''
-        ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
+        ds.SeriesNumber, ds.InstanceNumber, ds.AcquisitionNumber = 1, k + 1, 1
+        ds.BodyPartExamined = 'ABDOMEN'
         ds.SeriesDescription = 'phantom CT'
         ds.PositionReferenceIndicator = ''
         ds.PatientPosition = 'HFS'

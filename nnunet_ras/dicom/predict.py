@@ -19,8 +19,9 @@ from nnunet_ras._io import (atomic_folder, check_output_folder, read_image, writ
                             write_json_atomically)
 from nnunet_ras.dicom import DicomError
 from nnunet_ras.dicom.margins import MarginSpec, apply_margins, check_margins, margin_warnings, volume_cc
+from nnunet_ras.dicom.postprocess import Cleanup, clean_labels, find_postprocessing
 from nnunet_ras.dicom.rtstruct import (RT_INTERPRETED_TYPES, Roi, check_identity, check_roi_name,
-                                       check_rt_utils_grid, write_rtstruct)
+                                       check_slice_references, structure_set_charset, write_rtstruct)
 from nnunet_ras.dicom.seg import write_dicom_seg
 from nnunet_ras.dicom.series import CtSeries, label_on_series_grid, read_ct_series
 
@@ -156,7 +157,7 @@ def _check_input(input_path: str, series_uid: Optional[str], model: ModelInfo,
         raise DicomError(f"the model's input channel is {model.channel!r}, not CT; it cannot segment the CT series "
                          f"in {input_path}")
     series = read_ct_series(input_path, series_uid)
-    check_rt_utils_grid(series)
+    check_slice_references(series)
     check_identity(series, allow_missing_identity)
     return series, list(series.warnings)
 
@@ -212,13 +213,13 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
                  folds: Optional[Sequence[str]] = None, checkpoint: str = 'checkpoint_final.pth',
                  device: str = 'cpu', use_mirroring: bool = True, style: RoiStyle = RoiStyle(),
                  margins: Sequence[MarginSpec] = (), series_uid: Optional[str] = None,
-                 allow_missing_identity: bool = False, overwrite: bool = False) -> dict:
-    """Predicts one case into ``output_folder``: ``<case>.nii.gz`` (model labels), one NIfTI mask per margin
-    structure, for DICOM input ``<case>_RTSTRUCT.dcm`` and ``<case>_SEG.dcm``, and ``<case>_report.json`` (volumes,
-    files, warnings).
+                 allow_missing_identity: bool = False, cleanup: Cleanup = Cleanup(), overwrite: bool = False) -> dict:
+    """Predicts one case into ``output_folder``: ``<case>.nii.gz`` (model labels, after ``cleanup``), one NIfTI mask
+    per margin structure, for DICOM input ``<case>_RTSTRUCT.dcm`` and ``<case>_SEG.dcm``, and ``<case>_report.json``
+    (volumes, clean-up, files, warnings).
 
-    Everything that can be checked is checked before inference (models, input, identity, names, margins, output
-    folder). The output folder must be absent or empty unless ``overwrite`` (then it is replaced whole); the files
+    Everything that can be checked is checked before inference (models, input, identity, names, clean-up, margins,
+    output folder). The output folder must be absent or empty unless ``overwrite`` (then it is replaced whole); the files
     are written into a hidden folder next to it, which is renamed onto it when complete. The DICOM CT's NIfTI copy
     for nnU-Net lives in that folder too, never in /tmp.
     """
@@ -226,9 +227,13 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
     check_output_folder(output_folder, overwrite)
     series, warnings = _check_input(input_path, series_uid, model, allow_missing_identity)
     label_rois = _roi_names(style, model.labels)
+    values = {label_rois[label]: value for label, value in model.labels.items() if label in label_rois}
+    cleanup.check_names(list(values))
+    postprocessing_file = find_postprocessing(model_folders, folds, cleanup.postprocessing)
     check_margins(margins, list(label_rois.values()))
     for name in list(label_rois.values()) + [m.name for m in margins]:
-        check_roi_name(name, series)
+        if series is not None:
+            check_roi_name(name, structure_set_charset(series))
         if style.interpreted_type(name) not in RT_INTERPRETED_TYPES:
             raise DicomError(f"ROI {name!r}: {style.interpreted_type(name)!r} is not an RT ROI interpreted type")
     case = case_name(input_path, series)
@@ -242,8 +247,8 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
         else:
             nifti = input_path
         try:
-            segmentation, dataset_json = predict_probabilities(model_folders, folds, checkpoint, nifti, device,
-                                                               use_mirroring, work)
+            segmentation, _ = predict_probabilities(model_folders, folds, checkpoint, nifti, device,
+                                                    use_mirroring, work)
         finally:
             if series is not None and os.path.exists(nifti):
                 os.remove(nifti)
@@ -251,8 +256,8 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
         label_array = label_on_series_grid(segmentation, series) if series is not None else \
             sitk.GetArrayFromImage(segmentation)
         spacing_zyx = grid.GetSpacing()[::-1]
-        masks = {label_rois[label]: label_array == value
-                 for label, value in dataset_json['labels'].items() if label in label_rois}
+        label_array, cleanup_report = clean_labels(label_array, values, spacing_zyx, cleanup, postprocessing_file)
+        masks = {name: label_array == value for name, value in values.items()}
         margin_masks = apply_margins(masks, spacing_zyx, margins)
         warnings += margin_warnings(masks, margin_masks, margins)
         rois = [Roi(name, mask, style.interpreted_type(name), style.colors.get(name),
@@ -266,7 +271,9 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
             written.append(os.path.join(output_folder, name))
             return os.path.join(work, name)
 
-        write_image_atomically(sitk.Cast(segmentation, sitk.sitkUInt8), put(f'{case}.nii.gz'))
+        label_image = sitk.GetImageFromArray(label_array.astype(np.uint8))
+        label_image.CopyInformation(grid)
+        write_image_atomically(label_image, put(f'{case}.nii.gz'))
         for name, mask in margin_masks.items():
             image = sitk.GetImageFromArray(mask.astype(np.uint8))
             image.CopyInformation(grid)
@@ -281,7 +288,7 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
         report = {'case': case, 'input': os.path.abspath(input_path),
                   'models': [os.path.abspath(m) for m in model_folders],
                   'folds': list(folds) if folds else 'all available',
-                  'margins': [m.describe() for m in margins],
+                  'margins': [m.describe() for m in margins], 'cleanup': cleanup_report,
                   'volumes_cc': {roi.name: round(volume_cc(roi.mask, spacing_zyx), 3) for roi in rois},
                   'files': written, 'warnings': warnings}
         write_json_atomically(os.path.join(work, f'{case}_report.json'), report)

@@ -1,12 +1,15 @@
-"""RTSTRUCT in and out with rt-utils, with the checks that make a wrong import or export fail loudly.
+"""RTSTRUCT in and out, with the checks that make a wrong import or export fail loudly.
 
-rt-utils turns masks into contours (OpenCV) and contours into masks on a series; this module decides *which*
-contours belong to which slice and refuses what rt-utils would get wrong without telling:
+rt-utils builds the structure set's modules (patient, study, series, referenced frame of reference, one item per
+ROI); the contours themselves come from ``contours.mask_to_polygons`` (outlines between voxel centres, keyholed
+holes) and are written as DS values within the 16-character limit, so that dciodvfy finds nothing to report and
+independent readers rasterise them back to the voxels written. This module decides *which* contours belong to which
+slice and refuses what would otherwise be read wrongly without telling:
 
 * contours that reference images missing from the CT series (an incomplete export, or another series),
 * contours that reference a slice but lie elsewhere,
-* pixel grids rt-utils does not map correctly (rectangular images, non-square pixels),
-* series without the identity an RTSTRUCT has to copy (frame of reference, study and series UIDs).
+* series without the identity an RTSTRUCT has to copy (frame of reference, study and series UIDs),
+* ROI names a planning system cannot hold (over 64 characters, or characters outside the file's character set).
 
 Masks are numpy arrays (z, y, x) on the series grid, i.e. in the order of ``CtSeries.image``.
 """
@@ -18,15 +21,18 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pydicom
-import pydicom.charset
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.tag import Tag
 
 from nnunet_ras._io import write_atomically
 from nnunet_ras.dicom import DicomError
+from nnunet_ras.dicom.contours import mask_to_polygons, polygons_to_mask
 from nnunet_ras.dicom.series import RTSTRUCT_STORAGE, CtSeries
 
+CONTOUR_DATA = 0x30060050
 DEFAULT_COLORS = {'GTV': (255, 0, 0), 'CTV': (255, 165, 0), 'PTV': (0, 128, 255)}
 RT_INTERPRETED_TYPES = ('EXTERNAL', 'PTV', 'CTV', 'GTV', 'TREATED_VOLUME', 'IRRAD_VOLUME', 'OAR', 'BOLUS',
                         'AVOIDANCE', 'ORGAN', 'MARKER', 'REGISTRATION', 'ISOCENTER', 'CONTRAST_AGENT', 'CAVITY',
@@ -71,17 +77,94 @@ class StructureSet:
         return matches[0].mask
 
 
-def check_rt_utils_grid(series: CtSeries) -> None:
-    """rt-utils maps contours assuming square images with square pixels; anything else would be misplaced."""
-    first = series.first
-    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
-    if int(first.Rows) != int(first.Columns) or abs(row_spacing - column_spacing) > 1e-4 * row_spacing:
-        raise DicomError(f"{series.describe()}: RTSTRUCT contours need square images with square pixels here "
-                         f"(rt-utils), but the slices are {first.Columns} x {first.Rows} pixels of "
-                         f"{column_spacing:g} x {row_spacing:g} mm; resample the series first")
+def check_slice_references(series: CtSeries) -> None:
+    """Contours name the slice they lie on by its SOPInstanceUID, so every slice needs its own."""
     if len({h.get('SOPInstanceUID') for h in series.headers}) != len(series.headers) or not all(
             h.get('SOPInstanceUID') for h in series.headers):
         raise DicomError(f"{series.describe()}: slices without unique SOPInstanceUIDs cannot carry contours")
+
+
+def _slice_axes(header: Dataset) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(position of voxel (0, 0), step of one row down, step of one column across) of a slice, in patient mm."""
+    orientation = np.asarray(header.ImageOrientationPatient, dtype=float)
+    row_spacing, column_spacing = (float(v) for v in header.PixelSpacing)
+    return (np.asarray(header.ImagePositionPatient, dtype=float), orientation[3:] * row_spacing,
+            orientation[:3] * column_spacing)
+
+
+def _to_patient(points_rc: np.ndarray, header: Dataset) -> np.ndarray:
+    origin, down, across = _slice_axes(header)
+    return origin + points_rc[:, :1] * down + points_rc[:, 1:] * across
+
+
+def _to_voxels(points_xyz: np.ndarray, header: Dataset) -> np.ndarray:
+    """Patient points of a slice's plane -> (row, column) voxel coordinates of that slice."""
+    origin, down, across = _slice_axes(header)
+    offset = points_xyz - origin
+    return np.column_stack([offset @ down / (down @ down), offset @ across / (across @ across)])
+
+
+def _ds(value: float) -> str:
+    """A coordinate as a DICOM DS string: 0.1 micrometre resolution, at most 16 characters."""
+    text = f"{value:.4f}".rstrip('0').rstrip('.')
+    text = '0' if text in ('', '-0') else text
+    if len(text) > 16:
+        raise DicomError(f"contour coordinate {value} mm does not fit a DICOM decimal string")
+    return text
+
+
+def _ds_element(tag: int, values: np.ndarray) -> RawDataElement:
+    """A DS element from numbers, encoded once as text (pydicom would otherwise build and validate an object per
+    value: half the time of writing a structure set)."""
+    text = '\\'.join(_ds(v) for v in values).encode('ascii')
+    text += b' ' * (len(text) % 2)
+    return RawDataElement(Tag(tag), 'DS', len(text), text, 0, True, True)
+
+
+def contour_sequence(mask: np.ndarray, series: CtSeries) -> DicomSequence:
+    """The Contour Sequence of a (z, y, x) mask: per slice, one CLOSED_PLANAR contour per region (holes keyholed)."""
+    sequence = DicomSequence()
+    for k in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
+        header = series.headers[k]
+        for polygon in mask_to_polygons(mask[k]):
+            item = Dataset()
+            item.ContourImageSequence = DicomSequence([_reference(header)])
+            item.ContourGeometricType = 'CLOSED_PLANAR'
+            item.NumberOfContourPoints = len(polygon)
+            item[CONTOUR_DATA] = _ds_element(CONTOUR_DATA, _to_patient(polygon, header).ravel())
+            sequence.append(item)
+    return sequence
+
+
+def _encodes(text: str, codec: str) -> bool:
+    try:
+        text.encode(codec)
+        return True
+    except (UnicodeEncodeError, LookupError):
+        return False
+
+
+def check_roi_name(name: str, encodings: Sequence[str]) -> None:
+    """ROIName is a DICOM LO: at most 64 characters of the file's character set, no backslash or control codes."""
+    problem = None
+    if not name.strip():
+        problem = 'is empty'
+    elif len(name) > 64:
+        problem = f'has {len(name)} characters, DICOM allows 64'
+    elif '\\' in name or any(ord(ch) < 32 for ch in name):
+        problem = 'contains a backslash or a control character'
+    else:
+        codecs = pydicom.charset.convert_encodings(list(encodings) or ['ISO_IR 6'])
+        if not any(_encodes(name, codec) for codec in codecs):
+            problem = f"has characters the character set {' '.join(encodings) or 'ISO_IR 6'} cannot hold"
+    if problem:
+        raise DicomError(f"ROI name {name!r} {problem}; choose another with --roi_names")
+
+
+def structure_set_charset(series: CtSeries) -> List[str]:
+    """The character set the structure set is written in: the CT's own, ISO_IR 100 when the CT names none."""
+    charset = series.first.get('SpecificCharacterSet') or 'ISO_IR 100'
+    return [charset] if isinstance(charset, str) else list(charset)
 
 
 def check_identity(series: CtSeries, allow_missing_identity: bool = False) -> List[str]:
@@ -102,36 +185,6 @@ def check_identity(series: CtSeries, allow_missing_identity: bool = False) -> Li
     return [f"{series.describe()}: written with empty {', '.join(missing)} copied from the CT"] if missing else []
 
 
-def check_roi_name(name: str, series: Optional[CtSeries]) -> None:
-    """An ROI name must fit DICOM's LO value (at most 64 characters, no backslash or control characters) and the
-    character sets it is written in: the RTSTRUCT's ISO_IR 100 (set by rt-utils) and the CT's own (the DICOM SEG
-    copies it; ASCII when the CT names none). Nothing to check without a DICOM series (no DICOM output)."""
-    if series is None:
-        return
-    if not name.strip():
-        raise DicomError("an ROI name is empty")
-    if len(name) > 64:
-        raise DicomError(f"ROI name {name!r} has {len(name)} characters; DICOM allows at most 64")
-    if '\\' in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise DicomError(f"ROI name {name!r}: backslash and control characters are not allowed in DICOM names")
-    charsets = series.first.get('SpecificCharacterSet') or []
-    charsets = [charsets] if isinstance(charsets, str) else [c for c in charsets if c]
-    python_codecs = ['latin_1']
-    try:
-        ct_codecs = pydicom.charset.convert_encodings(charsets) if charsets else ['ascii']
-    except LookupError:
-        ct_codecs = ['ascii']
-    for codec in python_codecs + [ct_codecs[0] if len(ct_codecs) == 1 else None]:
-        if codec is None:
-            continue
-        try:
-            name.encode(codec)
-        except (UnicodeEncodeError, LookupError):
-            raise DicomError(f"ROI name {name!r}: holds characters that the character set "
-                             f"{'ISO_IR 100 of the RTSTRUCT' if codec == 'latin_1' else (charsets or ['default (ASCII)'])[0] + ' of the CT'} "
-                             f"cannot represent; use another name") from None
-
-
 def _headers_for_rt_utils(series: CtSeries) -> List[Dataset]:
     """Slice headers with the attributes rt-utils reads unconditionally; absent ones are copied as empty."""
     headers = []
@@ -148,39 +201,52 @@ def write_rtstruct(series: CtSeries, rois: Sequence[Roi], path: str, label: str 
                    allow_missing_identity: bool = False) -> List[str]:
     """Writes an RTSTRUCT referencing ``series`` (study, series, frame of reference, every slice); returns warnings.
 
-    Patient and study attributes are copied from the CT by rt-utils; the file appears under ``path`` only when
-    complete.
+    Patient and study attributes are copied from the CT; the file appears under ``path`` only when complete.
+    Everything is checked before anything is written.
     """
     from rt_utils import RTStruct
     from rt_utils.ds_helper import create_rtstruct_dataset
 
-    check_rt_utils_grid(series)
+    check_slice_references(series)
     warnings = check_identity(series, allow_missing_identity)
     expected_shape = tuple(reversed(series.image.GetSize()))
-    headers = _headers_for_rt_utils(series)
-    structure_set = RTStruct(headers, create_rtstruct_dataset(headers))
-    ds = structure_set.ds
-    ds.Manufacturer = 'nnunet_ras'
-    ds.ManufacturerModelName = 'nnunet_ras'
-    ds.InstitutionName = series.first.get('InstitutionName', '')
-    ds.SeriesDescription = label
-    ds.StructureSetLabel = label[:16]
-    for keyword in ('AccessionNumber', 'ReferringPhysicianName'):
-        setattr(ds, keyword, series.first.get(keyword, ''))
+    charset = structure_set_charset(series)
     for roi in rois:
-        check_roi_name(roi.name, series)
         if roi.mask.shape != expected_shape:
             raise DicomError(f"ROI {roi.name!r}: mask of shape {roi.mask.shape}, the series is {expected_shape}")
         if roi.interpreted_type not in RT_INTERPRETED_TYPES:
             raise DicomError(f"ROI {roi.name!r}: {roi.interpreted_type!r} is not an RT ROI interpreted type "
                              f"({', '.join(RT_INTERPRETED_TYPES)})")
+        check_roi_name(roi.name, charset)
+    names = [roi.name for roi in rois]
+    if len(set(names)) != len(names):
+        raise DicomError(f"ROI names repeat ({', '.join(names)}); a planning system tells structures apart by name")
+
+    headers = _headers_for_rt_utils(series)
+    structure_set = RTStruct(headers, create_rtstruct_dataset(headers))
+    ds = structure_set.ds
+    ds.SpecificCharacterSet = charset if len(charset) > 1 else charset[0]
+    ds.Manufacturer = 'nnunet_ras'
+    ds.ManufacturerModelName = 'nnunet_ras'
+    ds.InstitutionName = series.first.get('InstitutionName', '')
+    ds.SeriesDescription = label
+    ds.StructureSetLabel = label[:16]
+    ds.OperatorsName = ''  # Type 2 of the RT Series module: an algorithm, no operator
+    ds.FrameOfReferenceUID = series.frame_of_reference_uid  # Frame of Reference module, Type 1
+    ds.PositionReferenceIndicator = series.first.get('PositionReferenceIndicator', '')
+    for keyword in ('AccessionNumber', 'ReferringPhysicianName'):
+        setattr(ds, keyword, series.first.get(keyword, ''))
+    empty = np.zeros(expected_shape[1:] + expected_shape[:1], dtype=bool)  # rt-utils' (y, x, z) order
+    for roi in rois:
         if not roi.mask.any():
             warnings.append(f"ROI {roi.name!r} is empty")
         color = roi.color or DEFAULT_COLORS.get(roi.interpreted_type)
         with contextlib.redirect_stdout(io.StringIO()):  # rt-utils prints progress
-            structure_set.add_roi(mask=np.ascontiguousarray(roi.mask.astype(bool).transpose(1, 2, 0)),
-                                  color=list(color) if color else None, name=roi.name, description=roi.description,
-                                  roi_generation_algorithm=0)  # AUTOMATIC
+            structure_set.add_roi(mask=empty, color=list(color) if color else None, name=roi.name,
+                                  description=roi.description, roi_generation_algorithm=0)  # AUTOMATIC
+        ds.ROIContourSequence[-1].ContourSequence = contour_sequence(roi.mask.astype(bool), series)
+        for item in ds.ROIContourSequence[-1].ContourSequence:  # encoded as the file is (implicit VR LE, ASCII
+            item.set_original_encoding(True, True, pydicom.charset.default_encoding)  # only): written as they are
         ds.RTROIObservationsSequence[-1].RTROIInterpretedType = roi.interpreted_type
     write_atomically(path, lambda temporary: ds.save_as(temporary, enforce_file_format=True))
     return warnings
@@ -216,17 +282,16 @@ def _reference(header: Dataset) -> Dataset:
 
 
 def read_rtstruct(path: str, series: CtSeries, allow_partial_series: bool = False) -> StructureSet:
-    """Rasterises every ROI of the RTSTRUCT ``path`` onto ``series``.
+    """Rasterises every ROI of the RTSTRUCT ``path`` onto ``series`` (voxel centres inside or on a contour, the
+    contours of a slice combined by XOR: see ``contours.polygons_to_mask``).
 
     Each closed planar contour is assigned to a slice by its referenced image, or, where it names none, by its
     position along the slice normal; its position is checked against that slice. Contours on slices that are not in
     the series are an error unless ``allow_partial_series`` (e.g. a series excerpt), when they are left out and
     reported.
     """
-    from rt_utils.image_helper import create_series_mask_from_contour_sequence
-
     ds = _read_rtstruct_dataset(path)
-    check_rt_utils_grid(series)
+    check_slice_references(series)
     warnings: List[str] = []
     referenced = referenced_series_uids(ds)
     if referenced and series.series_uid not in referenced:
@@ -258,8 +323,8 @@ def read_rtstruct(path: str, series: CtSeries, allow_partial_series: bool = Fals
         roi_contour = contours_by_roi.get(number)
         color = tuple(int(c) for c in roi_contour.ROIDisplayColor) if roi_contour is not None and \
             roi_contour.get('ROIDisplayColor') else None
-        on_slices = DicomSequence()
-        total = 0
+        on_slices: Dict[int, List[np.ndarray]] = {}
+        total = on_series = 0
         for contour in (roi_contour.get('ContourSequence', []) if roi_contour is not None else []):
             kind = str(contour.get('ContourGeometricType', ''))
             points = np.asarray(contour.get('ContourData', []), dtype=float).reshape(-1, 3)
@@ -286,16 +351,14 @@ def read_rtstruct(path: str, series: CtSeries, allow_partial_series: bool = Fals
             else:
                 off_series.append(f"ROI {name!r} at {level:.2f} mm" + (f" referencing image {uid}" if uid else ''))
                 continue
-            item = Dataset()
-            item.ContourImageSequence = DicomSequence([_reference(series.headers[k])])
-            item.ContourData = contour.ContourData
-            on_slices.append(item)
+            on_slices.setdefault(k, []).append(_to_voxels(points, series.headers[k]))
+            on_series += 1
         if roi_contour is None:
             warnings.append(f"{path}: ROI {name!r} has no ROI contour item; imported as empty")
-        mask = create_series_mask_from_contour_sequence(series.headers, on_slices).transpose(2, 0, 1) \
-            if len(on_slices) else np.zeros(tuple(reversed(series.image.GetSize())), dtype=bool)
-        rois.append(ImportedRoi(int(number), name, types.get(number, ''), color, mask.astype(bool), total,
-                                len(on_slices)))
+        mask = np.zeros(tuple(reversed(series.image.GetSize())), dtype=bool)
+        for k, polygons in on_slices.items():
+            mask[k] = polygons_to_mask(polygons, mask.shape[1:])
+        rois.append(ImportedRoi(int(number), name, types.get(number, ''), color, mask, total, on_series))
     if off_series:
         message = (f"{path}: {len(off_series)} contour(s) lie on slices that are not in the CT {series.describe()} "
                    f"(slices from {positions.min():.2f} to {positions.max():.2f} mm), e.g. {off_series[0]}")

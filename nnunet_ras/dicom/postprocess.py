@@ -1,0 +1,129 @@
+"""Clean-up of a predicted label map before its contours reach a planning system; every change is reported in cc.
+
+Three optional steps, in this order, each on the label map (so the NIfTI, the RTSTRUCT, the SEG and the margins
+grown from it all agree):
+
+1. nnU-Net's own post-processing: the ``postprocessing.pkl`` that ``nnUNetv2_find_best_configuration`` chose by
+   cross-validation (keep the largest component of a label or of the foreground where that raised Dice), applied
+   with nnU-Net's ``apply_postprocessing``. The file is a pickle: it is loaded only from the model folder the user
+   named, as nnU-Net itself does.
+2. Minimum island volume per structure: 3D components (face, edge and corner neighbours) smaller than the volume
+   are set to background, except the structure's largest component, which is always kept, so that a small target
+   is never erased altogether.
+3. Hole filling per structure, slice by slice (the plane the contours are drawn in): background enclosed by the
+   structure within a slice becomes the structure; voxels of other structures are left as they are.
+"""
+import glob
+import os
+import pickle
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from nnunet_ras.dicom import DicomError
+from nnunet_ras.dicom.margins import volume_cc
+
+
+@dataclass
+class Cleanup:
+    """What to do after prediction; structure names are the ROI names (after ``--roi_names``)."""
+    postprocessing: str = 'auto'  # 'auto' (the model's postprocessing.pkl if it has one), 'none' or a file
+    min_island_cc: Dict[str, float] = field(default_factory=dict)
+    fill_holes: Sequence[str] = ()
+
+    def check_names(self, names: Sequence[str]) -> None:
+        unknown = (set(self.min_island_cc) | set(self.fill_holes)) - set(names)
+        if unknown:
+            raise DicomError(f"--min_island_cc / --fill_holes name structure(s) {sorted(unknown)} that the model "
+                             f"does not predict (structures: {', '.join(names)})")
+
+
+def parse_min_island(items: Sequence[str]) -> Dict[str, float]:
+    """``["GTV=0.1", ...]`` -> {GTV: 0.1} (cc)."""
+    volumes = {}
+    for item in items or []:
+        name, sep, value = item.partition('=')
+        try:
+            cc = float(value)
+        except ValueError:
+            cc = -1.0
+        if not sep or not name.strip() or not cc >= 0:
+            raise DicomError(f"--min_island_cc {item!r}: expected NAME=CC with a volume >= 0 in cc")
+        volumes[name.strip()] = cc
+    return volumes
+
+
+def find_postprocessing(model_folders: Sequence[str], folds: Optional[Sequence[str]], choice: str) -> Optional[str]:
+    """The postprocessing.pkl to apply: ``choice`` if it is a file, none for 'none'; for 'auto' the one a single
+    model folder holds (directly, or in ``crossval_results_folds_<folds>`` for the folds in use)."""
+    if choice == 'none':
+        return None
+    if choice != 'auto':
+        if not os.path.isfile(choice):
+            raise DicomError(f"--postprocessing {choice}: no such file (give a postprocessing.pkl, 'auto' or 'none')")
+        return choice
+    if len(model_folders) != 1:
+        return None  # an ensemble's post-processing lives in its own folder: name it explicitly
+    folder = model_folders[0]
+    used = sorted(folds) if folds else sorted(
+        os.path.basename(f)[len('fold_'):] for f in glob.glob(os.path.join(folder, 'fold_*')) if os.path.isdir(f))
+    for candidate in (os.path.join(folder, 'postprocessing.pkl'),
+                      os.path.join(folder, f"crossval_results_folds_{'_'.join(used)}", 'postprocessing.pkl')):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def _nnunet_postprocessing(labels: np.ndarray, path: str) -> np.ndarray:
+    from nnunetv2.postprocessing.remove_connected_components import apply_postprocessing
+    try:
+        with open(path, 'rb') as f:
+            functions, kwargs = pickle.load(f)
+    except (OSError, pickle.UnpicklingError, ValueError, TypeError, EOFError, AttributeError) as e:
+        raise DicomError(f"{path}: not an nnU-Net postprocessing.pkl ({e})") from None
+    return apply_postprocessing(labels, functions, kwargs)
+
+
+def _remove_islands(mask: np.ndarray, spacing_zyx, min_cc: float) -> Tuple[np.ndarray, int]:
+    components, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if count <= 1:
+        return mask, 0
+    sizes = np.bincount(components.ravel())[1:]
+    voxel_cc = float(np.prod(spacing_zyx)) / 1000.0
+    keep = sizes * voxel_cc >= min_cc
+    keep[int(np.argmax(sizes))] = True
+    return np.concatenate([[False], keep])[components], int(np.count_nonzero(~keep))
+
+
+def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
+    return np.stack([ndimage.binary_fill_holes(plane) for plane in mask])
+
+
+def clean_labels(labels: np.ndarray, values: Dict[str, int], spacing_zyx, cleanup: Cleanup,
+                 postprocessing_file: Optional[str]) -> Tuple[np.ndarray, List[dict]]:
+    """Applies ``cleanup`` to a label map (z, y, x) whose structures are ``values`` (ROI name -> label);
+    returns the new map and one report entry per step and structure that changed something."""
+    report = []
+    if postprocessing_file:
+        before = labels
+        labels = _nnunet_postprocessing(labels, postprocessing_file)
+        for name, value in values.items():
+            removed = np.count_nonzero((before == value) & (labels != value))
+            report.append({'step': 'nnU-Net postprocessing', 'file': os.path.abspath(postprocessing_file),
+                           'structure': name, 'removed_cc': round(removed * float(np.prod(spacing_zyx)) / 1000, 3)})
+    labels = labels.copy()
+    for name, min_cc in cleanup.min_island_cc.items():
+        mask = labels == values[name]
+        kept, islands = _remove_islands(mask, spacing_zyx, min_cc)
+        labels[mask & ~kept] = 0
+        report.append({'step': f'islands under {min_cc:g} cc removed', 'structure': name, 'islands': islands,
+                       'removed_cc': round(volume_cc(mask & ~kept, spacing_zyx), 3)})
+    for name in cleanup.fill_holes:
+        mask = labels == values[name]
+        added = _fill_holes_per_slice(mask) & (labels == 0)
+        labels[added] = values[name]
+        report.append({'step': 'holes filled (per slice)', 'structure': name,
+                       'added_cc': round(volume_cc(added, spacing_zyx), 3)})
+    return labels, report
