@@ -196,7 +196,12 @@ def test_predict_cleanup_nnunet_postprocessing_islands_and_holes(trained, tmp_pa
     assert ndimage.label(labels == 1, np.ones((3, 3, 3)))[1] <= 1  # the largest liver part only
     assert ndimage.label(labels == 2, np.ones((3, 3, 3)))[1] <= 1  # nnU-Net's largest-component rule on tumour
     for plane in labels:  # no background left inside the liver on any slice
-        assert not (ndimage.binary_fill_holes(plane == 1) & (plane == 0)).any()
+        background, count = ndimage.label(plane == 0)
+        for region in range(1, count + 1):  # every enclosed background region also borders something not liver
+            inside = background == region
+            ring = ndimage.binary_dilation(inside) & ~inside
+            on_border = inside[0].any() or inside[-1].any() or inside[:, 0].any() or inside[:, -1].any()
+            assert on_border or set(np.unique(plane[ring])) != {1}
     series = read_ct_series(ct)
     gtv = read_rtstruct(str(tmp_path / 'clean' / f'{case}_RTSTRUCT.dcm'), series).mask('GTV')
     assert np.array_equal(gtv, labels == 2)
@@ -208,12 +213,15 @@ def test_clean_labels_on_a_constructed_map():
     labels[:, 2:12, 2:12] = 1  # liver, 400 voxels of 1 mm^3 ...
     labels[1, 5:8, 5:8] = 0  # ... with a hole on one slice
     labels[2, 5:7, 5:7] = 2  # a tumour inside it: not background, never filled over
+    labels[3, 4:9, 4:9] = 2  # a tumour with a pocket of background: the tumour's hole, not the liver's
+    labels[3, 6, 6] = 0
     labels[0, 15, 15] = 1  # a one-voxel island
     labels[3, 17:19, 17:19] = 2  # a second, smaller tumour part
     cleaned, report = clean_labels(labels, {'Liver': 1, 'GTV': 2}, (1.0, 1.0, 1.0),
                                    Cleanup('none', {'Liver': 0.01, 'GTV': 1.0}, ['Liver']), None)
     assert cleaned[0, 15, 15] == 0 and (cleaned[1, 5:8, 5:8] == 1).all() and (cleaned[2, 5:7, 5:7] == 2).all()
     assert (cleaned[3, 17:19, 17:19] == 0).all()  # the smaller tumour part goes, the larger stays
+    assert cleaned[3, 6, 6] == 0 and (cleaned[3, 4:9, 4:9] > 0).sum() == 24  # the tumour's pocket stays empty
     assert {(r['structure'], r.get('removed_cc', r.get('added_cc'))) for r in report} == \
         {('Liver', 0.001), ('GTV', 0.004), ('Liver', 0.009)}
 

@@ -11,7 +11,8 @@ grown from it all agree):
    are set to background, except the structure's largest component, which is always kept, so that a small target
    is never erased altogether.
 3. Hole filling per structure, slice by slice (the plane the contours are drawn in): background enclosed by the
-   structure within a slice becomes the structure; voxels of other structures are left as they are.
+   structure alone within a slice becomes the structure; voxels of other structures, and pockets they enclose
+   (background inside a tumour inside the liver), are left as they are.
 """
 import glob
 import os
@@ -97,8 +98,24 @@ def _remove_islands(mask: np.ndarray, spacing_zyx, min_cc: float) -> Tuple[np.nd
     return np.concatenate([[False], keep])[components], int(np.count_nonzero(~keep))
 
 
-def _fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
-    return np.stack([ndimage.binary_fill_holes(plane) for plane in mask])
+def _holes_per_slice(labels: np.ndarray, value: int) -> np.ndarray:
+    """Background enclosed by ``value`` alone, slice by slice: the 4-connected background regions that do not touch
+    the slice's border and whose neighbours all carry ``value`` (a pocket inside a tumour inside the liver is the
+    tumour's hole, not the liver's)."""
+    holes = np.zeros(labels.shape, dtype=bool)
+    for k, plane in enumerate(labels):
+        regions, count = ndimage.label(plane == 0)
+        if count == 0:
+            continue
+        enclosed = np.ones(count + 1, dtype=bool)
+        enclosed[0] = False
+        enclosed[np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))] = False
+        for axis in (0, 1):  # a region next to a voxel of another structure is not this structure's hole
+            r, v = np.moveaxis(regions, axis, 0), np.moveaxis(plane, axis, 0)
+            for region, neighbour in ((r[:-1], v[1:]), (r[1:], v[:-1])):
+                enclosed[np.unique(region[(neighbour != 0) & (neighbour != value)])] = False
+        holes[k] = enclosed[regions]
+    return holes
 
 
 def clean_labels(labels: np.ndarray, values: Dict[str, int], spacing_zyx, cleanup: Cleanup,
@@ -121,8 +138,7 @@ def clean_labels(labels: np.ndarray, values: Dict[str, int], spacing_zyx, cleanu
         report.append({'step': f'islands under {min_cc:g} cc removed', 'structure': name, 'islands': islands,
                        'removed_cc': round(volume_cc(mask & ~kept, spacing_zyx), 3)})
     for name in cleanup.fill_holes:
-        mask = labels == values[name]
-        added = _fill_holes_per_slice(mask) & (labels == 0)
+        added = _holes_per_slice(labels, values[name])
         labels[added] = values[name]
         report.append({'step': 'holes filled (per slice)', 'structure': name,
                        'added_cc': round(volume_cc(added, spacing_zyx), 3)})
