@@ -635,3 +635,17 @@ def test_an_internal_error_keeps_its_traceback_and_says_it_is_a_bug(monkeypatch,
     assert main(['trainer-path']) == 1
     err = capsys.readouterr().err
     assert 'Traceback' in err and 'ZeroDivisionError' in err and 'bug' in err.splitlines()[-1]
+
+
+def test_dicom_phantom_never_mixes_into_a_non_empty_folder(tmp_path, capsys):
+    target = tmp_path / 'patients'
+    assert main(['dicom-phantom', '-o', str(target), '-n', '1', '-seed', '1', '--ct_only']) == 0
+    before = sorted(os.listdir(target / 'patient_01000' / 'CT'))
+    capsys.readouterr()
+    code = main(['dicom-phantom', '-o', str(target), '-n', '2', '-seed', '2'])
+    err = capsys.readouterr().err
+    assert code == 2 and 'not empty' in err and '--overwrite' in err
+    assert os.listdir(target) == ['patient_01000'] and sorted(os.listdir(target / 'patient_01000' / 'CT')) == before
+    assert main(['dicom-phantom', '-o', str(target), '-n', '2', '-seed', '2', '--overwrite']) == 0
+    assert sorted(os.listdir(target)) == ['patient_02000', 'patient_02001']  # replaced whole, nothing stale
+    assert [p for p in os.listdir(tmp_path) if p != 'patients'] == []  # no temporary left next to it

@@ -1,5 +1,6 @@
 """The DICOM subcommands of ``nnunet-ras``: dicom-info, dicom-to-dataset, predict, dicom-phantom."""
 import argparse
+import os
 
 from nnunet_ras.dicom import DicomError
 
@@ -98,9 +99,12 @@ def _predict(args) -> int:
 
 
 def _dicom_phantom(args) -> int:
+    from nnunet_ras._io import atomic_folder
     from nnunet_ras.dicom.phantom import write_phantom_patients
-    for folder in write_phantom_patients(args.o, args.n, args.seed, with_rtstruct=not args.ct_only):
-        print(folder)
+    with atomic_folder(args.o, args.overwrite) as work:  # a new or empty folder, or --overwrite: never mixed
+        folders = write_phantom_patients(work, args.n, args.seed, with_rtstruct=not args.ct_only)
+    for folder in folders:
+        print(os.path.join(args.o, os.path.basename(folder)))
     return 0
 
 
@@ -175,5 +179,6 @@ def add_dicom_commands(subparsers) -> None:
     p.add_argument('-n', type=int, default=8, help='number of patients')
     p.add_argument('-seed', type=int, default=0)
     p.add_argument('--ct_only', action='store_true', help='no RTSTRUCT (new patients to predict on)')
+    p.add_argument('--overwrite', action='store_true', help='replace a non-empty -o folder whole')
     p.set_defaults(func=_dicom_phantom)
 
