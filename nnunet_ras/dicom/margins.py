@@ -109,15 +109,10 @@ def margin_warnings(masks: Dict[str, np.ndarray], made: Dict[str, np.ndarray],
 def apply_margins(masks: Dict[str, np.ndarray], spacing_zyx: Sequence[float],
                   specs: Sequence[MarginSpec]) -> Dict[str, np.ndarray]:
     """The new structures, in order; a spec may grow from a structure made by an earlier one (PTV from CTV)."""
+    check_margins(specs, list(masks))
     available = dict(masks)
     made = {}
     for spec in specs:
-        for needed in (spec.source, spec.confine):
-            if needed is not None and needed not in available:
-                raise DicomError(f"margin {spec.describe()}: no structure named {needed!r} "
-                                 f"(structures: {', '.join(available)})")
-        if spec.name in available:
-            raise DicomError(f"margin {spec.describe()}: a structure named {spec.name!r} exists already")
         source = available[spec.source].astype(bool)
         grown = expand(source, spacing_zyx, spec.margin_xyz)
         if spec.confine is not None:
