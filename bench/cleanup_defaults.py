@@ -15,6 +15,7 @@ import glob
 import json
 import os
 import sys
+import tempfile
 
 import numpy as np
 import SimpleITK as sitk
@@ -26,14 +27,10 @@ sys.path.insert(0, ROOT)
 
 from nnunet_ras.dicom.postprocess import Cleanup, clean_labels  # noqa: E402
 from nnunet_ras.dicom.predict import predict_probabilities  # noqa: E402
+from nnunet_ras.evaluation.metrics import dice  # noqa: E402
 
 VARIANTS = {'none': ({}, ()), 'islands < 0.1 cc': (0.1, ()), 'islands < 0.5 cc': (0.5, ()),
             'islands < 1 cc': (1.0, ()), 'holes filled': ({}, 'all'), 'islands < 0.1 cc + holes': (0.1, 'all')}
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
 
 
 def parts(mask: np.ndarray) -> int:
@@ -58,7 +55,9 @@ def main() -> None:
     rows = []
     for image, reference_path, reference_values in cases:
         name = os.path.basename(image)[:-len('.nii.gz')]
-        segmentation, _ = predict_probabilities([args.model], args.f, 'checkpoint_final.pth', image, 'cpu', False)
+        with tempfile.TemporaryDirectory() as work:
+            segmentation, _ = predict_probabilities([args.model], args.f, 'checkpoint_final.pth', image, 'cpu', False,
+                                                    work)
         labels = sitk.GetArrayFromImage(segmentation)
         spacing = segmentation.GetSpacing()[::-1]
         reference = sitk.GetArrayFromImage(sitk.ReadImage(reference_path))
@@ -71,7 +70,7 @@ def main() -> None:
                 row[f'{structure} parts'] = parts(cleaned == value)
                 if not reference_values or structure in reference_values:
                     row[f'{structure} Dice'] = dice(cleaned == value,
-                                                    reference == reference_values.get(structure, value))
+                                                    reference == reference_values.get(structure, value), True)
             row['changed cc'] = sum(r.get('removed_cc', 0) + r.get('added_cc', 0) for r in report)
             rows.append(row)
             print(row, flush=True)

@@ -41,6 +41,7 @@ from nnunet_ras.dicom.readers import dciodvfy, plastimatch_masks  # noqa: E402
 from nnunet_ras.dicom.rtstruct import Roi, read_rtstruct, write_rtstruct  # noqa: E402
 from nnunet_ras.dicom.seg import write_dicom_seg  # noqa: E402
 from nnunet_ras.dicom.series import CtSeries, label_on_series_grid, read_ct_series  # noqa: E402
+from nnunet_ras.evaluation.metrics import dice  # noqa: E402
 
 LIVER = 5  # TotalSegmentator class in example_seg_dicom.nii.gz
 MARGINS = ('CTV=GTV+10@Liver', 'PTV=CTV+5')
@@ -95,11 +96,6 @@ def target_volumes(series: CtSeries, liver: np.ndarray, centre_zyx) -> Dict[str,
     return structures
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
-
-
 def degenerate_contours(path: str) -> Tuple[int, int]:
     """(contours with < 3 points or zero area, all contours) of an RTSTRUCT."""
     bad = total = 0
@@ -141,8 +137,8 @@ def summarise(name, series, structures, rtstruct, seg, seconds) -> List[dict]:
     rows = []
     for roi, mask in structures.items():
         rows.append({'case': name, 'roi': roi, 'cc': volume_cc(mask, spacing_zyx),
-                     'plastimatch': dice(theirs[roi], mask) if roi in theirs else float('nan'),
-                     'ours': dice(ours.mask(roi), mask), 'rs_errors': len(rs_check.errors),
+                     'plastimatch': dice(theirs[roi], mask, True) if roi in theirs else float('nan'),
+                     'ours': dice(ours.mask(roi), mask, True), 'rs_errors': len(rs_check.errors),
                      'rs_warnings': len(rs_check.warnings), 'seg_errors': len(seg_check.errors),
                      'seg_warnings': len(seg_check.warnings), 'degenerate': bad, 'contours': total,
                      'write_s': seconds, 'first_errors': rs_check.errors[:3] + seg_check.errors[:3]})

@@ -107,28 +107,25 @@ def small_nifti(tmp_path_factory):
     return path
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(fraction=st.floats(0, 1, exclude_max=True))
-def test_any_truncation_of_a_nifti_gz_is_detected(small_nifti, tmp_path, fraction):
-    data = open(small_nifti, 'rb').read()
+def _refused_when_cut(data: bytes, fraction: float, folder, ending: str) -> None:
     cut = int(fraction * len(data))
-    path = str(tmp_path / f'cut{cut}.nii.gz')
+    path = str(folder / f'cut{cut}{ending}')
     with open(path, 'wb') as f:
         f.write(data[:cut])
     with pytest.raises(DatasetError, match='cannot be read'):
         read_image(path)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(fraction=st.floats(0, 1, exclude_max=True))
+def test_any_truncation_of_a_nifti_gz_is_detected(small_nifti, tmp_path, fraction):
+    _refused_when_cut(open(small_nifti, 'rb').read(), fraction, tmp_path, '.nii.gz')
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(fraction=st.floats(0, 1, exclude_max=True))
 def test_any_truncation_of_an_uncompressed_nifti_is_detected(small_nifti, tmp_path, fraction):
-    data = gzip.decompress(open(small_nifti, 'rb').read())
-    cut = int(fraction * len(data))
-    path = str(tmp_path / f'cut{cut}.nii')
-    with open(path, 'wb') as f:
-        f.write(data[:cut])
-    with pytest.raises(DatasetError, match='cannot be read'):
-        read_image(path)
+    _refused_when_cut(gzip.decompress(open(small_nifti, 'rb').read()), fraction, tmp_path, '.nii')
 
 
 def test_a_real_truncated_hippocampus_case_is_refused_and_the_whole_one_read(tmp_path):

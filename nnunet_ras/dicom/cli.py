@@ -79,10 +79,11 @@ def check_device(device: str) -> str:
 def _predict(args) -> int:
     from nnunet_ras.dicom.margins import parse_margin
     from nnunet_ras.dicom.postprocess import Cleanup, parse_min_island
-    from nnunet_ras.dicom.predict import parse_style, predict_case
+    from nnunet_ras.dicom.predict import parse_pairs, parse_style, predict_case
     import torch
     device = check_device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    cleanup = Cleanup(args.postprocessing, parse_min_island(args.min_island_cc), args.fill_holes)
+    cleanup = Cleanup(args.postprocessing, parse_min_island(parse_pairs(args.min_island_cc, '--min_island_cc')),
+                      args.fill_holes)
     report = predict_case(args.i, args.o, _model_folders(args), args.f, args.chk, device,
                           not args.disable_tta, parse_style(args.roi_names, args.roi_colors, args.roi_types),
                           [parse_margin(m) for m in args.margin], args.series_uid, args.allow_missing_identity,

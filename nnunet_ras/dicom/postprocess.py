@@ -14,7 +14,6 @@ grown from it all agree):
    structure alone within a slice becomes the structure; voxels of other structures, and pockets they enclose
    (background inside a tumour inside the liver), are left as they are.
 """
-import glob
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -41,24 +40,22 @@ class Cleanup:
                              f"does not predict (structures: {', '.join(names)})")
 
 
-def parse_min_island(items: Sequence[str]) -> Dict[str, float]:
-    """``["GTV=0.1", ...]`` -> {GTV: 0.1} (cc)."""
+def parse_min_island(pairs: Dict[str, str]) -> Dict[str, float]:
+    """{ROI: 'CC'} (from ``predict.parse_pairs``) -> {ROI: cc}, each a volume >= 0."""
     volumes = {}
-    for item in items or []:
-        name, sep, value = item.partition('=')
+    for name, value in pairs.items():
         try:
-            cc = float(value)
+            volumes[name] = float(value)
         except ValueError:
-            cc = -1.0
-        if not sep or not name.strip() or not cc >= 0:
-            raise DicomError(f"--min_island_cc {item!r}: expected NAME=CC with a volume >= 0 in cc")
-        volumes[name.strip()] = cc
+            volumes[name] = -1.0
+        if not volumes[name] >= 0:
+            raise DicomError(f"--min_island_cc {name}={value}: expected a volume >= 0 in cc")
     return volumes
 
 
-def find_postprocessing(model_folders: Sequence[str], folds: Optional[Sequence[str]], choice: str) -> Optional[str]:
+def find_postprocessing(model_folders: Sequence[str], folds: Sequence[str], choice: str) -> Optional[str]:
     """The postprocessing.pkl to apply: ``choice`` if it is a file, none for 'none'; for 'auto' the one a single
-    model folder holds (directly, or in ``crossval_results_folds_<folds>`` for the folds in use)."""
+    model folder holds (directly, or in ``crossval_results_folds_<folds>`` for ``folds``, the folds in use)."""
     if choice == 'none':
         return None
     if choice != 'auto':
@@ -68,10 +65,8 @@ def find_postprocessing(model_folders: Sequence[str], folds: Optional[Sequence[s
     if len(model_folders) != 1:
         return None  # an ensemble's post-processing lives in its own folder: name it explicitly
     folder = model_folders[0]
-    used = sorted(folds) if folds else sorted(
-        os.path.basename(f)[len('fold_'):] for f in glob.glob(os.path.join(folder, 'fold_*')) if os.path.isdir(f))
     for candidate in (os.path.join(folder, 'postprocessing.pkl'),
-                      os.path.join(folder, f"crossval_results_folds_{'_'.join(used)}", 'postprocessing.pkl')):
+                      os.path.join(folder, f"crossval_results_folds_{'_'.join(sorted(folds))}", 'postprocessing.pkl')):
         if os.path.isfile(candidate):
             return candidate
     return None
@@ -127,9 +122,9 @@ def clean_labels(labels: np.ndarray, values: Dict[str, int], spacing_zyx, cleanu
         before = labels
         labels = _nnunet_postprocessing(labels, postprocessing_file)
         for name, value in values.items():
-            removed = np.count_nonzero((before == value) & (labels != value))
+            removed = (before == value) & (labels != value)
             report.append({'step': 'nnU-Net postprocessing', 'file': os.path.abspath(postprocessing_file),
-                           'structure': name, 'removed_cc': round(removed * float(np.prod(spacing_zyx)) / 1000, 3)})
+                           'structure': name, 'removed_cc': round(volume_cc(removed, spacing_zyx), 3)})
     labels = labels.copy()
     for name, min_cc in cleanup.min_island_cc.items():
         mask = labels == values[name]

@@ -20,7 +20,7 @@ from nnunet_ras._io import (atomic_folder, check_output_folder, read_image, writ
 from nnunet_ras.dicom import DicomError
 from nnunet_ras.dicom.margins import MarginSpec, apply_margins, check_margins, margin_warnings, volume_cc
 from nnunet_ras.dicom.postprocess import Cleanup, clean_labels, find_postprocessing
-from nnunet_ras.dicom.rtstruct import (RT_INTERPRETED_TYPES, Roi, check_identity, check_roi_name,
+from nnunet_ras.dicom.rtstruct import (RT_INTERPRETED_TYPES, Roi, check_identity, check_roi_labels,
                                        check_slice_references, structure_set_charset, write_rtstruct)
 from nnunet_ras.dicom.seg import write_dicom_seg
 from nnunet_ras.dicom.series import CtSeries, label_on_series_grid, read_ct_series
@@ -76,6 +76,7 @@ class ModelInfo:
     labels: Dict[str, object]  # dataset.json 'labels'
     channel: str  # name of the single input channel ('CT' for CT models)
     ndim: Optional[int]  # 2 or 3 (patch size of the configuration); None when the configuration is unknown
+    folds: List[str]  # the folds in use (of the first model folder when -f is not given)
 
 
 def check_model_folders(model_folders: Sequence[str], folds: Optional[Sequence[str]], checkpoint: str) -> ModelInfo:
@@ -112,7 +113,7 @@ def check_model_folders(model_folders: Sequence[str], folds: Optional[Sequence[s
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DicomError(f"{os.path.join(folder, 'plans.json')}: not readable nnU-Net plans ({e})") from None
         info = info or ModelInfo(dataset_json['labels'], str(next(iter(dataset_json['channel_names'].values()))),
-                                 ndim)
+                                 ndim, list(folds_here))
     first = model_folders[0]
     for folder, folder_labels in labels.items():
         if folder_labels != labels[first]:
@@ -209,6 +210,12 @@ def predict_probabilities(model_folders: Sequence[str], folds: Optional[Sequence
         os.remove(path)
 
 
+def _on_grid(array: np.ndarray, grid: sitk.Image) -> sitk.Image:
+    image = sitk.GetImageFromArray(array.astype(np.uint8))
+    image.CopyInformation(grid)
+    return image
+
+
 def predict_case(input_path: str, output_folder: str, model_folders: Sequence[str],
                  folds: Optional[Sequence[str]] = None, checkpoint: str = 'checkpoint_final.pth',
                  device: str = 'cpu', use_mirroring: bool = True, style: RoiStyle = RoiStyle(),
@@ -229,13 +236,11 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
     label_rois = _roi_names(style, model.labels)
     values = {label_rois[label]: value for label, value in model.labels.items() if label in label_rois}
     cleanup.check_names(list(values))
-    postprocessing_file = find_postprocessing(model_folders, folds, cleanup.postprocessing)
+    postprocessing_file = find_postprocessing(model_folders, model.folds, cleanup.postprocessing)
     check_margins(margins, list(label_rois.values()))
-    for name in list(label_rois.values()) + [m.name for m in margins]:
-        if series is not None:
-            check_roi_name(name, structure_set_charset(series))
-        if style.interpreted_type(name) not in RT_INTERPRETED_TYPES:
-            raise DicomError(f"ROI {name!r}: {style.interpreted_type(name)!r} is not an RT ROI interpreted type")
+    names = list(label_rois.values()) + [m.name for m in margins]
+    check_roi_labels([(name, style.interpreted_type(name)) for name in names],
+                     structure_set_charset(series) if series is not None else None)
     case = case_name(input_path, series)
     for warning in warnings:
         print(f"warning: {warning}")
@@ -271,13 +276,9 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
             written.append(os.path.join(output_folder, name))
             return os.path.join(work, name)
 
-        label_image = sitk.GetImageFromArray(label_array.astype(np.uint8))
-        label_image.CopyInformation(grid)
-        write_image_atomically(label_image, put(f'{case}.nii.gz'))
+        write_image_atomically(_on_grid(label_array, grid), put(f'{case}.nii.gz'))
         for name, mask in margin_masks.items():
-            image = sitk.GetImageFromArray(mask.astype(np.uint8))
-            image.CopyInformation(grid)
-            write_image_atomically(image, put(f'{case}_{_safe(name)}.nii.gz'))
+            write_image_atomically(_on_grid(mask, grid), put(f'{case}_{_safe(name)}.nii.gz'))
         if series is not None:
             warnings += write_rtstruct(series, rois, put(f'{case}_RTSTRUCT.dcm'), label='nnunet_ras',
                                        allow_missing_identity=allow_missing_identity)

@@ -7,7 +7,6 @@ processing", ICCR 2010), which rasterises an RTSTRUCT onto its CT the way a plan
 inside the contour polygon, contours of a slice combined by union. Both come from Debian's packages
 (``dicom3tools``, ``plastimatch``); the README's setup installs them.
 """
-import glob
 import os
 import shutil
 import subprocess
@@ -67,8 +66,8 @@ def plastimatch_masks(rtstruct_path: str, ct_folder: str) -> Dict[str, sitk.Imag
                     names.append(parts[2])
         masks = {}
         for name in names:
-            files = glob.glob(os.path.join(out, f'{glob.escape(name)}.nrrd'))
-            if not files:
+            path = os.path.join(out, f'{name}.nrrd')
+            if not os.path.isfile(path):
                 raise DicomError(f"{rtstruct_path}: plastimatch wrote no mask for ROI {name!r}")
-            masks[name] = sitk.ReadImage(files[0])
+            masks[name] = sitk.ReadImage(path)
         return masks

@@ -84,24 +84,12 @@ def check_slice_references(series: CtSeries) -> None:
         raise DicomError(f"{series.describe()}: slices without unique SOPInstanceUIDs cannot carry contours")
 
 
-def _slice_axes(header: Dataset) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(position of voxel (0, 0), step of one row down, step of one column across) of a slice, in patient mm."""
+def _to_patient(points_rc: np.ndarray, header: Dataset) -> np.ndarray:
+    """(row, column) voxel coordinates of a slice -> patient mm, from that slice's own header."""
     orientation = np.asarray(header.ImageOrientationPatient, dtype=float)
     row_spacing, column_spacing = (float(v) for v in header.PixelSpacing)
-    return (np.asarray(header.ImagePositionPatient, dtype=float), orientation[3:] * row_spacing,
-            orientation[:3] * column_spacing)
-
-
-def _to_patient(points_rc: np.ndarray, header: Dataset) -> np.ndarray:
-    origin, down, across = _slice_axes(header)
-    return origin + points_rc[:, :1] * down + points_rc[:, 1:] * across
-
-
-def _to_voxels(points_xyz: np.ndarray, header: Dataset) -> np.ndarray:
-    """Patient points of a slice's plane -> (row, column) voxel coordinates of that slice."""
-    origin, down, across = _slice_axes(header)
-    offset = points_xyz - origin
-    return np.column_stack([offset @ down / (down @ down), offset @ across / (across @ across)])
+    return np.asarray(header.ImagePositionPatient, dtype=float) + points_rc[:, :1] * orientation[3:] * row_spacing + \
+        points_rc[:, 1:] * orientation[:3] * column_spacing
 
 
 def _ds(value: float) -> str:
@@ -161,6 +149,20 @@ def check_roi_name(name: str, encodings: Sequence[str]) -> None:
         raise DicomError(f"ROI name {name!r} {problem}; choose another with --roi_names")
 
 
+def check_roi_labels(names_and_types: Sequence[Tuple[str, str]], charset: Optional[Sequence[str]]) -> None:
+    """Every ROI's interpreted type is an RT one, its name fits ``charset`` (when a structure set is written) and
+    no name repeats; checked before anything is computed or written."""
+    for name, kind in names_and_types:
+        if kind not in RT_INTERPRETED_TYPES:
+            raise DicomError(f"ROI {name!r}: {kind!r} is not an RT ROI interpreted type "
+                             f"({', '.join(RT_INTERPRETED_TYPES)})")
+        if charset is not None:
+            check_roi_name(name, charset)
+    names = [name for name, _ in names_and_types]
+    if len(set(names)) != len(names):
+        raise DicomError(f"ROI names repeat ({', '.join(names)}); a planning system tells structures apart by name")
+
+
 def structure_set_charset(series: CtSeries) -> List[str]:
     """The character set the structure set is written in: the CT's own, ISO_IR 100 when the CT names none."""
     charset = series.first.get('SpecificCharacterSet') or 'ISO_IR 100'
@@ -214,13 +216,7 @@ def write_rtstruct(series: CtSeries, rois: Sequence[Roi], path: str, label: str 
     for roi in rois:
         if roi.mask.shape != expected_shape:
             raise DicomError(f"ROI {roi.name!r}: mask of shape {roi.mask.shape}, the series is {expected_shape}")
-        if roi.interpreted_type not in RT_INTERPRETED_TYPES:
-            raise DicomError(f"ROI {roi.name!r}: {roi.interpreted_type!r} is not an RT ROI interpreted type "
-                             f"({', '.join(RT_INTERPRETED_TYPES)})")
-        check_roi_name(roi.name, charset)
-    names = [roi.name for roi in rois]
-    if len(set(names)) != len(names):
-        raise DicomError(f"ROI names repeat ({', '.join(names)}); a planning system tells structures apart by name")
+    check_roi_labels([(roi.name, roi.interpreted_type) for roi in rois], charset)
 
     headers = _headers_for_rt_utils(series)
     structure_set = RTStruct(headers, create_rtstruct_dataset(headers))
@@ -332,7 +328,8 @@ def read_rtstruct(path: str, series: CtSeries, allow_partial_series: bool = Fals
                 skipped_types[kind or 'empty'] = skipped_types.get(kind or 'empty', 0) + 1
                 continue
             total += 1
-            outside = series.outside_fraction(points)
+            index = series.in_plane_index(points)  # (column, row) on every slice: the series is regular
+            outside = series.outside_fraction(index)
             if outside == 1:
                 raise DicomError(f"{path}: a contour of ROI {name!r} lies entirely outside the CT's field of view "
                                  f"(another series or frame of reference?)")
@@ -351,7 +348,7 @@ def read_rtstruct(path: str, series: CtSeries, allow_partial_series: bool = Fals
             else:
                 off_series.append(f"ROI {name!r} at {level:.2f} mm" + (f" referencing image {uid}" if uid else ''))
                 continue
-            on_slices.setdefault(k, []).append(_to_voxels(points, series.headers[k]))
+            on_slices.setdefault(k, []).append(index[:, ::-1])
             on_series += 1
         if roi_contour is None:
             warnings.append(f"{path}: ROI {name!r} has no ROI contour item; imported as empty")

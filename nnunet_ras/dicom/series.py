@@ -82,9 +82,9 @@ class CtSeries:
         index = np.linalg.solve(direction * spacing, (np.asarray(points_xyz) - np.asarray(self.image.GetOrigin())).T).T
         return index[:, :2]
 
-    def outside_fraction(self, points_xyz: np.ndarray) -> float:
-        """Share of the points that lie outside the slices' in-plane extent (more than half a pixel beyond it)."""
-        index = self.in_plane_index(points_xyz)
+    def outside_fraction(self, index: np.ndarray) -> float:
+        """Share of in-plane (column, row) indices (from ``in_plane_index``) that lie outside the slices' extent,
+        more than half a pixel beyond it."""
         size = np.asarray(self.image.GetSize()[:2])
         outside = np.any((index < -0.5 - 1e-3) | (index > size - 0.5 + 1e-3), axis=1)
         return float(outside.mean()) if len(outside) else 0.0
