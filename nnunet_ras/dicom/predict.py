@@ -10,7 +10,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -20,12 +20,20 @@ from nnunet_ras._io import (atomic_folder, check_output_folder, read_image, writ
 from nnunet_ras.dicom import DicomError
 from nnunet_ras.dicom.margins import MarginSpec, apply_margins, check_margins, margin_warnings, volume_cc
 from nnunet_ras.dicom.postprocess import Cleanup, clean_labels, find_postprocessing
-from nnunet_ras.dicom.rtstruct import (RT_INTERPRETED_TYPES, Roi, check_identity, check_roi_labels,
+from nnunet_ras.dicom.rtstruct import (DEFAULT_COLORS, RT_INTERPRETED_TYPES, Roi, check_identity, check_roi_labels,
                                        check_slice_references, structure_set_charset, write_rtstruct)
 from nnunet_ras.dicom.seg import write_dicom_seg
 from nnunet_ras.dicom.series import CtSeries, label_on_series_grid, read_ct_series
 
 NIFTI_ENDINGS = ('.nii.gz', '.nii')
+
+# progress(stage, fraction): stage is 'preprocessing', 'predicting' (fraction = sliding-window tiles done / all tiles of
+# all folds and models) or 'exporting'. It may raise to abandon the case (the output folder is then left untouched).
+Progress = Callable[[str, float], None]
+
+
+def _ignore_progress(stage: str, fraction: float) -> None:
+    pass
 
 
 @dataclass
@@ -173,27 +181,62 @@ def _roi_names(style: RoiStyle, labels: Dict[str, object]) -> Dict[str, str]:
             if label != 'background' and isinstance(value, int)}
 
 
+def _tile_counting_predictor(on_tiles: Callable[[int], None], on_tile: Callable[[], None]):
+    """nnU-Net's predictor class, extended to report its sliding-window tiles (nnU-Net itself only draws a tqdm bar):
+    ``on_tiles(n)`` when a case is cut into n tiles (once per fold), ``on_tile()`` after each tile."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    class TileCountingPredictor(nnUNetPredictor):
+        def _internal_get_sliding_window_slicers(self, image_size):
+            slicers = super()._internal_get_sliding_window_slicers(image_size)
+            on_tiles(len(slicers))
+            return slicers
+
+        def _internal_maybe_mirror_and_predict(self, x):
+            prediction = super()._internal_maybe_mirror_and_predict(x)
+            on_tile()
+            return prediction
+
+    return TileCountingPredictor
+
+
 def predict_probabilities(model_folders: Sequence[str], folds: Optional[Sequence[str]], checkpoint: str,
-                          image_path: str, device: str, use_mirroring: bool, workdir: str
-                          ) -> Tuple[sitk.Image, dict]:
+                          image_path: str, device: str, use_mirroring: bool, workdir: str,
+                          progress: Progress = _ignore_progress) -> Tuple[sitk.Image, dict]:
     """(label map on the input grid, dataset.json) from the mean of the models' probabilities.
 
     The model folders must have passed ``check_model_folders``; ``workdir`` takes the temporary label file.
+    ``progress`` hears of preprocessing and of every sliding-window tile (see ``Progress``).
 
     The plugin's trainers are added to ``nnUNet_extTrainer`` for the lookup, so its models need no extra setup.
     """
     import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunet_ras.installation import trainer_path
 
     search_path = [p for p in os.environ.get('nnUNet_extTrainer', '').split(os.pathsep) if p]
     if trainer_path() not in [os.path.abspath(p) for p in search_path]:
         os.environ['nnUNet_extTrainer'] = os.pathsep.join(search_path + [trainer_path()])
 
+    tiles = {'done': 0, 'total': 0, 'passes': 0}  # passes: fold x model pairs still to cut into tiles
+
+    def on_tiles(n: int) -> None:
+        if tiles['total'] == 0:  # the first pass tells the number of tiles of every pass
+            tiles['total'] = n * tiles['passes']
+
+    def on_tile() -> None:
+        tiles['done'] += 1
+        progress('predicting', min(1.0, tiles['done'] / max(tiles['total'], 1)))
+
+    predictor_class = _tile_counting_predictor(on_tiles, on_tile)
     mean, label_manager, dataset_json, properties, reader = None, None, None, None, None
+    predictors = []
     for folder in model_folders:
-        predictor = nnUNetPredictor(use_mirroring=use_mirroring, device=torch.device(device), allow_tqdm=False)
+        predictor = predictor_class(use_mirroring=use_mirroring, device=torch.device(device), allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(folder, tuple(folds) if folds else None, checkpoint)
+        predictors.append(predictor)
+    tiles['passes'] = sum(len(p.list_of_parameters) for p in predictors)
+    for predictor in predictors:
+        progress('preprocessing', 0.0)
         reader = predictor.plans_manager.image_reader_writer_class()
         data, properties = reader.read_images([image_path])
         _, probabilities = predictor.predict_single_npy_array(data, properties, None, None, True)
@@ -201,6 +244,7 @@ def predict_probabilities(model_folders: Sequence[str], folds: Optional[Sequence
             mean, label_manager, dataset_json = np.zeros_like(probabilities), predictor.label_manager, \
                 predictor.dataset_json
         mean += probabilities / len(model_folders)
+    progress('exporting', 0.0)
     segmentation = label_manager.convert_probabilities_to_segmentation(mean)
     path = os.path.join(workdir, '.seg' + dataset_json['file_ending'])  # the plans' own writer restores the geometry
     reader.write_seg(np.asarray(segmentation), path, properties)
@@ -220,7 +264,8 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
                  folds: Optional[Sequence[str]] = None, checkpoint: str = 'checkpoint_final.pth',
                  device: str = 'cpu', use_mirroring: bool = True, style: RoiStyle = RoiStyle(),
                  margins: Sequence[MarginSpec] = (), series_uid: Optional[str] = None,
-                 allow_missing_identity: bool = False, cleanup: Cleanup = Cleanup(), overwrite: bool = False) -> dict:
+                 allow_missing_identity: bool = False, cleanup: Cleanup = Cleanup(), overwrite: bool = False,
+                 progress: Progress = _ignore_progress) -> dict:
     """Predicts one case into ``output_folder``: ``<case>.nii.gz`` (model labels, after ``cleanup``), one NIfTI mask
     per margin structure, for DICOM input ``<case>_RTSTRUCT.dcm`` and ``<case>_SEG.dcm``, and ``<case>_report.json``
     (volumes, clean-up, files, warnings).
@@ -237,10 +282,7 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
     values = {label_rois[label]: value for label, value in model.labels.items() if label in label_rois}
     cleanup.check_names(list(values))
     postprocessing_file = find_postprocessing(model_folders, model.folds, cleanup.postprocessing)
-    check_margins(margins, list(label_rois.values()))
-    names = list(label_rois.values()) + [m.name for m in margins]
-    check_roi_labels([(name, style.interpreted_type(name)) for name in names],
-                     structure_set_charset(series) if series is not None else None)
+    _check_structures(values, style, margins, series)
     case = case_name(input_path, series)
     for warning in warnings:
         print(f"warning: {warning}")
@@ -253,44 +295,102 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
             nifti = input_path
         try:
             segmentation, _ = predict_probabilities(model_folders, folds, checkpoint, nifti, device,
-                                                    use_mirroring, work)
+                                                    use_mirroring, work, progress)
         finally:
             if series is not None and os.path.exists(nifti):
                 os.remove(nifti)
         grid = series.image if series is not None else segmentation
         label_array = label_on_series_grid(segmentation, series) if series is not None else \
             sitk.GetArrayFromImage(segmentation)
-        spacing_zyx = grid.GetSpacing()[::-1]
-        label_array, cleanup_report = clean_labels(label_array, values, spacing_zyx, cleanup, postprocessing_file)
-        masks = {name: label_array == value for name, value in values.items()}
-        margin_masks = apply_margins(masks, spacing_zyx, margins)
-        warnings += margin_warnings(masks, margin_masks, margins)
-        rois = [Roi(name, mask, style.interpreted_type(name), style.colors.get(name),
-                    description='nnU-Net prediction' if name in masks else
-                    next(m.describe() for m in margins if m.name == name))
-                for name, mask in {**masks, **margin_masks}.items()]
-
-        written = []
-
-        def put(name: str) -> str:  # the path in the work folder; the final path is recorded
-            written.append(os.path.join(output_folder, name))
-            return os.path.join(work, name)
-
-        write_image_atomically(_on_grid(label_array, grid), put(f'{case}.nii.gz'))
-        for name, mask in margin_masks.items():
-            write_image_atomically(_on_grid(mask, grid), put(f'{case}_{_safe(name)}.nii.gz'))
-        if series is not None:
-            warnings += write_rtstruct(series, rois, put(f'{case}_RTSTRUCT.dcm'), label='nnunet_ras',
-                                       allow_missing_identity=allow_missing_identity)
-            if any(roi.mask.any() for roi in rois):
-                warnings += write_dicom_seg(series, rois, put(f'{case}_SEG.dcm'), allow_missing_identity)
-            else:
-                warnings.append('every structure is empty: no DICOM SEG written')
+        label_array, cleanup_report = clean_labels(label_array, values, grid.GetSpacing()[::-1], cleanup,
+                                                   postprocessing_file)
         report = {'case': case, 'input': os.path.abspath(input_path),
                   'models': [os.path.abspath(m) for m in model_folders],
-                  'folds': list(folds) if folds else 'all available',
-                  'margins': [m.describe() for m in margins], 'cleanup': cleanup_report,
-                  'volumes_cc': {roi.name: round(volume_cc(roi.mask, spacing_zyx), 3) for roi in rois},
-                  'files': written, 'warnings': warnings}
-        write_json_atomically(os.path.join(work, f'{case}_report.json'), report)
+                  'folds': list(folds) if folds else 'all available', 'labels': values, 'cleanup': cleanup_report}
+        return _export(work, output_folder, report, label_array, grid, series, style, margins, warnings,
+                       allow_missing_identity)
+
+
+def _check_structures(values: Dict[str, int], style: RoiStyle, margins: Sequence[MarginSpec],
+                      series: Optional[CtSeries]) -> None:
+    """The margins grow from structures that exist, and every ROI name and type can be written."""
+    check_margins(margins, list(values))
+    names = list(values) + [m.name for m in margins]
+    check_roi_labels([(name, style.interpreted_type(name)) for name in names],
+                     structure_set_charset(series) if series is not None else None)
+
+
+def _export(work: str, output_folder: str, report: dict, label_array: np.ndarray, grid: sitk.Image,
+            series: Optional[CtSeries], style: RoiStyle, margins: Sequence[MarginSpec], warnings: List[str],
+            allow_missing_identity: bool) -> dict:
+    """Writes a case's files into ``work`` (the hidden folder that becomes ``output_folder``) from its label map:
+    the label NIfTI, the margin structures, for DICOM input the RTSTRUCT and SEG, and the report (``report`` holds
+    case, input, models, folds, labels (ROI name -> value) and clean-up; volumes, files and warnings are added)."""
+    case, values = report['case'], report['labels']
+    spacing_zyx = grid.GetSpacing()[::-1]
+    masks = {name: label_array == value for name, value in values.items()}
+    margin_masks = apply_margins(masks, spacing_zyx, margins)
+    warnings = list(warnings) + margin_warnings(masks, margin_masks, margins)
+    rois = [Roi(name, mask, style.interpreted_type(name), style.colors.get(name),
+                description='nnU-Net prediction' if name in masks else
+                next(m.describe() for m in margins if m.name == name))
+            for name, mask in {**masks, **margin_masks}.items()]
+
+    written = []
+
+    def put(name: str) -> str:  # the path in the work folder; the final path is recorded
+        written.append(os.path.join(output_folder, name))
+        return os.path.join(work, name)
+
+    write_image_atomically(_on_grid(label_array, grid), put(f'{case}.nii.gz'))
+    for name, mask in margin_masks.items():
+        write_image_atomically(_on_grid(mask, grid), put(f'{case}_{_safe(name)}.nii.gz'))
+    if series is not None:
+        warnings += write_rtstruct(series, rois, put(f'{case}_RTSTRUCT.dcm'), label='nnunet_ras',
+                                   allow_missing_identity=allow_missing_identity)
+        if any(roi.mask.any() for roi in rois):
+            warnings += write_dicom_seg(series, rois, put(f'{case}_SEG.dcm'), allow_missing_identity)
+        else:
+            warnings.append('every structure is empty: no DICOM SEG written')
+    report = {**report, 'margins': [m.describe() for m in margins], 'margin_specs': [_spec(m) for m in margins],
+              'volumes_cc': {roi.name: round(volume_cc(roi.mask, spacing_zyx), 3) for roi in rois},
+              'structures': [{'name': roi.name, 'type': roi.interpreted_type,
+                              'color': list(roi.color or DEFAULT_COLORS.get(roi.interpreted_type, ())) or None,
+                              'file': f'{case}.nii.gz' if roi.name in masks else f'{case}_{_safe(roi.name)}.nii.gz',
+                              'value': values[roi.name] if roi.name in masks else 1} for roi in rois],
+              'files': written, 'warnings': warnings}
+    write_json_atomically(os.path.join(work, f'{case}_report.json'), report)
     return report
+
+
+def _spec(margin: MarginSpec) -> str:
+    """The margin as ``parse_margin`` reads it back."""
+    return f"{margin.name}={margin.source}+{','.join(f'{v:g}' for v in margin.margin_xyz)}" + \
+        (f"@{margin.confine}" if margin.confine else '')
+
+
+def remargin_case(output_folder: str, margins: Sequence[MarginSpec], style: RoiStyle = RoiStyle(),
+                  series_uid: Optional[str] = None, allow_missing_identity: bool = False) -> dict:
+    """Replaces the margin structures of a case that ``predict_case`` wrote into ``output_folder``, without running
+    the network again: the label map is read back, the margins applied to it, and every file but the label map is
+    written anew (RTSTRUCT and SEG from the DICOM series named in the report, which must still exist)."""
+    reports = [n for n in os.listdir(output_folder) if n.endswith('_report.json')] \
+        if os.path.isdir(output_folder) else []
+    if len(reports) != 1:
+        raise DicomError(f"{output_folder}: not the output folder of one predicted case (no single *_report.json)")
+    with open(os.path.join(output_folder, reports[0])) as f:
+        old = json.load(f)
+    if 'labels' not in old:
+        raise DicomError(f"{os.path.join(output_folder, reports[0])}: written by an older nnunet-ras; predict again")
+    series = None
+    if os.path.isdir(old['input']):
+        series = read_ct_series(old['input'], series_uid)
+    _check_structures(old['labels'], style, margins, series)
+    labels = read_image(os.path.join(output_folder, f"{old['case']}.nii.gz"), 'label').image
+    grid = series.image if series is not None else labels
+    warnings = [w for w in old['warnings'] if not w.startswith('margin ')] + \
+        [f"margins re-applied to the stored label map (was: {'; '.join(old['margins']) or 'none'})"]
+    report = {key: old[key] for key in ('case', 'input', 'models', 'folds', 'labels', 'cleanup')}
+    with atomic_folder(output_folder, overwrite=True) as work:
+        return _export(work, output_folder, report, sitk.GetArrayFromImage(labels), grid, series, style, margins,
+                       warnings, allow_missing_identity)
