@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_noise_commands(sub)
     from nnunet_ras.quality.cli import add_quality_commands
     add_quality_commands(sub)
+    from nnunet_ras.service.cli import add_service_commands
+    add_service_commands(sub)
     return parser
 
 

@@ -10,12 +10,31 @@ from typing import Dict, List
 
 import numpy as np
 
-from nnunet_ras._io import read_image
+from nnunet_ras._io import read_image, write_json_atomically
 from nnunet_ras.installation import nnunet_command_environment
 from nnunet_ras.evaluation.metrics import dice
 from nnunet_ras.phantom import LABELS
 
 NNUNET_FOLDERS = ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results')
+DEMO_WORKDIR, DEMO_DATASET, DEMO_TRAINER, DEMO_PLANS = 'demo_run', 'Dataset501_LiverPhantom', \
+    'nnUNetTrainerRAS_30epochs_25iters', 'nnUNetRASPlans'
+DEMO_ROI_NAMES = {'liver': 'Liver', 'tumour': 'GTV'}
+# The demo model's card (model_card.json in its folder): a phantom-trained model contours a real CT badly (liver Dice
+# 0.15 on a real abdominal CT), and a clinician looking at its output must be told so.
+DEMO_MODEL_CARD = {
+    'trained_on': 'synthetic CT phantoms made by `nnunet-ras phantom` (ellipsoid body, liver and tumours with CT-like '
+                  'intensities and noise); no patient data',
+    'intended_use': 'trying out nnunet_ras and its contouring service; software testing',
+    'warning': 'NOT FOR CLINICAL USE: trained on synthetic phantoms only. On a real abdominal CT it contours the '
+               'liver badly (Dice 0.15).',
+    'roi_names': DEMO_ROI_NAMES,
+}
+
+
+def demo_model_folder(workdir: str = DEMO_WORKDIR, trainer: str = DEMO_TRAINER) -> str:
+    """Where ``make demo`` leaves its model (``$nnUNet_results`` when set, as for the demo itself)."""
+    results = os.environ.get('nnUNet_results') or os.path.join(workdir, 'nnUNet_results')
+    return os.path.abspath(os.path.join(results, DEMO_DATASET, f'{trainer}__{DEMO_PLANS}__3d_fullres'))
 
 
 def nnunet_environment(workdir: str) -> Dict[str, str]:
@@ -88,4 +107,12 @@ def run_demo(workdir: str = 'demo_run', dataset_id: int = 501, trainer: str = 'n
         print(f"FAILED: mean tumour Dice {mean_tumour:.3f} is below {min_tumour_dice}", file=sys.stderr)
         return 1
     print(f"OK: mean tumour Dice {mean_tumour:.3f} >= {min_tumour_dice}")
+    model = os.path.join(env['nnUNet_results'], dataset, f'{trainer}__{plans}__3d_fullres')
+    write_json_atomically(os.path.join(model, 'model_card.json'), DEMO_MODEL_CARD)
+    command = os.path.relpath(os.path.join(os.path.dirname(sys.executable), 'nnunet-ras')) + ' serve'
+    if os.path.abspath(model) != demo_model_folder(workdir, trainer):
+        command += f' -m {model}'
+    print(f"\nTo contour with this model in the browser, start the contouring service:\n  {command}\n"
+          f"then open http://127.0.0.1:8000 with the admin token it prints on its first start "
+          f"(README: 'Contouring service').")
     return 0

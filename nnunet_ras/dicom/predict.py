@@ -148,7 +148,7 @@ def case_name(input_path: str, series: Optional[CtSeries]) -> str:
     return f"{_safe(series.patient_id) or 'anonymous'}_{hashlib.sha1(identity.encode()).hexdigest()[:8]}"
 
 
-def _check_input(input_path: str, series_uid: Optional[str], model: ModelInfo,
+def check_input(input_path: str, series_uid: Optional[str], model: ModelInfo,
                  allow_missing_identity: bool) -> Tuple[Optional[CtSeries], List[str]]:
     """Reads and checks the input before inference: a verified NIfTI, or a DICOM CT series that an RTSTRUCT and SEG
     can be written for (grid, identity); refuses a non-CT model on a CT series and 2D input to a 3D model."""
@@ -222,6 +222,7 @@ def predict_probabilities(model_folders: Sequence[str], folds: Optional[Sequence
     def on_tiles(n: int) -> None:
         if tiles['total'] == 0:  # the first pass tells the number of tiles of every pass
             tiles['total'] = n * tiles['passes']
+        progress('predicting', tiles['done'] / tiles['total'])
 
     def on_tile() -> None:
         tiles['done'] += 1
@@ -265,10 +266,10 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
                  device: str = 'cpu', use_mirroring: bool = True, style: RoiStyle = RoiStyle(),
                  margins: Sequence[MarginSpec] = (), series_uid: Optional[str] = None,
                  allow_missing_identity: bool = False, cleanup: Cleanup = Cleanup(), overwrite: bool = False,
-                 progress: Progress = _ignore_progress) -> dict:
+                 progress: Progress = _ignore_progress, report_extra: Optional[dict] = None) -> dict:
     """Predicts one case into ``output_folder``: ``<case>.nii.gz`` (model labels, after ``cleanup``), one NIfTI mask
     per margin structure, for DICOM input ``<case>_RTSTRUCT.dcm`` and ``<case>_SEG.dcm``, and ``<case>_report.json``
-    (volumes, clean-up, files, warnings).
+    (volumes, clean-up, files, warnings, and ``report_extra``).
 
     Everything that can be checked is checked before inference (models, input, identity, names, clean-up, margins,
     output folder). The output folder must be absent or empty unless ``overwrite`` (then it is replaced whole); the files
@@ -277,7 +278,7 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
     """
     model = check_model_folders(model_folders, folds, checkpoint)
     check_output_folder(output_folder, overwrite)
-    series, warnings = _check_input(input_path, series_uid, model, allow_missing_identity)
+    series, warnings = check_input(input_path, series_uid, model, allow_missing_identity)
     label_rois = _roi_names(style, model.labels)
     values = {label_rois[label]: value for label, value in model.labels.items() if label in label_rois}
     cleanup.check_names(list(values))
@@ -306,7 +307,8 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
                                                    postprocessing_file)
         report = {'case': case, 'input': os.path.abspath(input_path),
                   'models': [os.path.abspath(m) for m in model_folders],
-                  'folds': list(folds) if folds else 'all available', 'labels': values, 'cleanup': cleanup_report}
+                  'folds': list(folds) if folds else 'all available', 'labels': values, 'cleanup': cleanup_report,
+                  **(report_extra or {})}
         return _export(work, output_folder, report, label_array, grid, series, style, margins, warnings,
                        allow_missing_identity)
 
@@ -363,6 +365,9 @@ def _export(work: str, output_folder: str, report: dict, label_array: np.ndarray
     return report
 
 
+_EXPORTED = ('margins', 'margin_specs', 'volumes_cc', 'structures', 'files', 'warnings')  # what _export writes
+
+
 def _spec(margin: MarginSpec) -> str:
     """The margin as ``parse_margin`` reads it back."""
     return f"{margin.name}={margin.source}+{','.join(f'{v:g}' for v in margin.margin_xyz)}" + \
@@ -390,7 +395,7 @@ def remargin_case(output_folder: str, margins: Sequence[MarginSpec], style: RoiS
     grid = series.image if series is not None else labels
     warnings = [w for w in old['warnings'] if not w.startswith('margin ')] + \
         [f"margins re-applied to the stored label map (was: {'; '.join(old['margins']) or 'none'})"]
-    report = {key: old[key] for key in ('case', 'input', 'models', 'folds', 'labels', 'cleanup')}
+    report = {key: value for key, value in old.items() if key not in _EXPORTED}
     with atomic_folder(output_folder, overwrite=True) as work:
         return _export(work, output_folder, report, sitk.GetArrayFromImage(labels), grid, series, style, margins,
                        warnings, allow_missing_identity)
