@@ -67,3 +67,110 @@ def pytest_terminal_summary(terminalreporter):
         if out:
             with open(out, 'w') as f:
                 json.dump(STEP_TIMES, f, indent=2)
+
+
+# --- the contouring service: a real trained model, a real uvicorn server, real users -------------------------------
+
+SERVICE_TRAINER = 'nnUNetTrainerRAS_1epoch_5iters'
+SERVICE_CARD = {'intended_use': 'tests of the contouring service', 'warning': 'NOT FOR CLINICAL USE: test model',
+                'roi_names': {'liver': 'Liver', 'tumour': 'GTV'}}
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def zip_folder(folder: str, target: str) -> str:
+    import zipfile
+    with zipfile.ZipFile(target, 'w', zipfile.ZIP_DEFLATED) as archive:
+        for name in sorted(os.listdir(folder)):
+            archive.write(os.path.join(folder, name), name)
+    return target
+
+
+@pytest.fixture(scope='session')
+def service_model(tmp_path_factory):
+    """(workspace, model folder, DICOM patients' CT folders): a RAS model trained by stock nnUNetv2_train on a tiny
+    phantom (1 epoch: its contours are poor but not empty), with a model card naming its ROIs Liver and GTV."""
+    from nnunet_ras.dicom.phantom import write_phantom_patients
+    ws = NnunetWorkspace(tmp_path_factory.mktemp('service_model'))
+    write_phantom_dataset(ws.env['nnUNet_raw'], 991, 'ServicePhantom', num_train=6, num_test=0, seed=3, geometry=TINY)
+    ws.run(['nnUNetv2_plan_and_preprocess', '-d', '991', '-c', '3d_fullres', '-np', '1', '-npfp', '1'],
+           step='nnUNetv2_plan_and_preprocess (service fixture)')
+    ws.run(['nnUNetv2_train', '991', '3d_fullres', '0', '-tr', SERVICE_TRAINER, '-device', 'cpu'],
+           step=f'nnUNetv2_train {SERVICE_TRAINER} (service fixture)')
+    model = ws.path('nnUNet_results', 'Dataset991_ServicePhantom', f'{SERVICE_TRAINER}__nnUNetPlans__3d_fullres')
+    with open(os.path.join(model, 'model_card.json'), 'w') as f:
+        json.dump(SERVICE_CARD, f)
+    patients = write_phantom_patients(str(tmp_path_factory.mktemp('service_dicom')), 3, seed=5, with_rtstruct=False,
+                                      geometry=TINY)
+    return ws, model, [os.path.join(p, 'CT') for p in patients]
+
+
+class ServiceProcess:
+    """``nnunet-ras serve`` (or ``worker``) in a subprocess on a free loopback port, with its admin token."""
+
+    def __init__(self, ws: NnunetWorkspace, data: str, model: str, *extra: str):
+        self.ws, self.data, self.model, self.extra = ws, data, model, list(extra)
+        self.port = free_port()
+        self.url = f'http://127.0.0.1:{self.port}'
+        self.token = None
+        self.log = os.path.join(data + '.log')
+        self.process = None
+
+    def start(self, timeout: float = 120):
+        import re
+        import urllib.request
+        os.makedirs(self.data, exist_ok=True)
+        self.output = open(self.log, 'a')
+        self.process = subprocess.Popen(['nnunet-ras', 'serve', '-m', self.model, '--data', self.data, '--port',
+                                         str(self.port), '-device', 'cpu', *self.extra],
+                                        env={**self.ws.env, 'PYTHONUNBUFFERED': '1'}, stdout=self.output,
+                                        stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited with {self.process.returncode}:\n{open(self.log).read()[-3000:]}")
+            try:
+                urllib.request.urlopen(self.url + '/openapi.json', timeout=2)
+                break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            raise AssertionError(f"serve did not answer in {timeout} s:\n{open(self.log).read()[-3000:]}")
+        tokens = re.findall(r'nrs_[0-9a-f]+_[A-Za-z0-9_-]+', open(self.log).read())
+        self.token = self.token or (tokens[0] if tokens else None)
+        return self
+
+    def stop(self, kill: bool = False):
+        if self.process is not None and self.process.poll() is None:
+            (self.process.kill if kill else self.process.terminate)()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process is not None:
+            self.output.close()
+
+    def add_user(self, name: str, admin: bool = False) -> str:
+        result = self.ws.run(['nnunet-ras', 'serve-admin', 'add-user', name, '--data', self.data] +
+                             (['--admin'] if admin else []))
+        return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope='session')
+def service(service_model, tmp_path_factory):
+    """A running service on the tiny model (SQLite queue, in-process worker, small upload limits for the tests)
+    with its admin token (``.token``) and a DICOM zip of a phantom CT (``.dicom_zip``)."""
+    ws, model, cts = service_model
+    root = tmp_path_factory.mktemp('service')
+    server = ServiceProcess(ws, str(root / 'data'), model, '--max_upload_mb', '8', '--max_unzipped_mb', '40',
+                            '--max_files', '300', '--disable_tta').start()
+    server.cts = cts
+    server.dicom_zip = zip_folder(cts[0], str(root / 'ct.zip'))
+    yield server
+    server.stop()
