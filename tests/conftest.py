@@ -9,6 +9,7 @@ import pytest
 
 from nnunet_ras.installation import nnunet_command_environment, trainer_path
 from nnunet_ras.phantom import PhantomGeometry, write_phantom_dataset
+from nnunet_ras.service.launch import ServiceProcess
 
 TINY = PhantomGeometry(shape_zyx=(16, 48, 48), spacing_zyx=(3.0, 0.8, 0.8))
 STEP_TIMES: Dict[str, float] = {}
@@ -76,13 +77,6 @@ SERVICE_CARD = {'intended_use': 'tests of the contouring service', 'warning': 'N
                 'roi_names': {'liver': 'Liver', 'tumour': 'GTV'}}
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def zip_folder(folder: str, target: str) -> str:
     import zipfile
     with zipfile.ZipFile(target, 'w', zipfile.ZIP_DEFLATED) as archive:
@@ -110,65 +104,13 @@ def service_model(tmp_path_factory):
     return ws, model, [os.path.join(p, 'CT') for p in patients]
 
 
-class ServiceProcess:
-    """``nnunet-ras serve`` (or ``worker``) in a subprocess on a free loopback port, with its admin token."""
-
-    def __init__(self, ws: NnunetWorkspace, data: str, model: str, *extra: str):
-        self.ws, self.data, self.model, self.extra = ws, data, model, list(extra)
-        self.port = free_port()
-        self.url = f'http://127.0.0.1:{self.port}'
-        self.token = None
-        self.log = os.path.join(data + '.log')
-        self.process = None
-
-    def start(self, timeout: float = 120):
-        import re
-        import urllib.request
-        os.makedirs(self.data, exist_ok=True)
-        self.output = open(self.log, 'a')
-        self.process = subprocess.Popen(['nnunet-ras', 'serve', '-m', self.model, '--data', self.data, '--port',
-                                         str(self.port), '-device', 'cpu', *self.extra],
-                                        env={**self.ws.env, 'PYTHONUNBUFFERED': '1'}, stdout=self.output,
-                                        stderr=subprocess.STDOUT)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"serve exited with {self.process.returncode}:\n{open(self.log).read()[-3000:]}")
-            try:
-                urllib.request.urlopen(self.url + '/openapi.json', timeout=2)
-                break
-            except OSError:
-                time.sleep(0.3)
-        else:
-            raise AssertionError(f"serve did not answer in {timeout} s:\n{open(self.log).read()[-3000:]}")
-        tokens = re.findall(r'nrs_[0-9a-f]+_[A-Za-z0-9_-]+', open(self.log).read())
-        self.token = self.token or (tokens[0] if tokens else None)
-        return self
-
-    def stop(self, kill: bool = False):
-        if self.process is not None and self.process.poll() is None:
-            (self.process.kill if kill else self.process.terminate)()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if self.process is not None:
-            self.output.close()
-
-    def add_user(self, name: str, admin: bool = False) -> str:
-        result = self.ws.run(['nnunet-ras', 'serve-admin', 'add-user', name, '--data', self.data] +
-                             (['--admin'] if admin else []))
-        return result.stdout.strip().splitlines()[-1]
-
-
 @pytest.fixture(scope='session')
 def service(service_model, tmp_path_factory):
     """A running service on the tiny model (SQLite queue, in-process worker, small upload limits for the tests)
     with its admin token (``.token``) and a DICOM zip of a phantom CT (``.dicom_zip``)."""
     ws, model, cts = service_model
     root = tmp_path_factory.mktemp('service')
-    server = ServiceProcess(ws, str(root / 'data'), model, '--max_upload_mb', '8', '--max_unzipped_mb', '40',
+    server = ServiceProcess(ws.env, str(root / 'data'), model, '--max_upload_mb', '8', '--max_unzipped_mb', '40',
                             '--max_files', '300', '--disable_tta').start()
     server.cts = cts
     server.dicom_zip = zip_folder(cts[0], str(root / 'ct.zip'))

@@ -21,7 +21,8 @@ from nnunet_ras.dicom.readers import plastimatch_masks
 from nnunet_ras.dicom.series import label_on_series_grid, read_ct_series
 from nnunet_ras.evaluation.metrics import dice
 from nnunet_ras.service.store import Store
-from conftest import ServiceProcess, free_port, zip_folder
+from conftest import zip_folder
+from nnunet_ras.service.launch import ServiceProcess, free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -217,7 +218,7 @@ def test_a_killed_service_recovers_its_running_job(service_model, tmp_path):
     big = write_phantom_patients(str(tmp_path / 'big'), 1, seed=9, with_rtstruct=False,
                                  geometry=PhantomGeometry((48, 160, 160), (2.0, 0.6, 0.6)))[0]
     archive = zip_folder(os.path.join(big, 'CT'), str(tmp_path / 'big.zip'))
-    server = ServiceProcess(ws, str(tmp_path / 'data'), model, '--heartbeat_s', '0.5', '--stale_after_s', '3').start()
+    server = ServiceProcess(ws.env, str(tmp_path / 'data'), model, '--heartbeat_s', '0.5', '--stale_after_s', '3').start()
     try:
         api = client(server)
         job_id = submit(api, [archive]).json()['id']
@@ -242,7 +243,7 @@ def test_two_workers_share_a_redis_queue(service_model, tmp_path):
                               '--appendonly', 'no', '--dir', str(tmp_path)], stdout=subprocess.DEVNULL)
     queue = f'redis://127.0.0.1:{port}/0'
     data = str(tmp_path / 'data')
-    server = ServiceProcess(ws, data, model, '--queue', queue, '--no_worker', '--disable_tta').start()
+    server = ServiceProcess(ws.env, data, model, '--queue', queue, '--no_worker', '--disable_tta').start()
     workers = [subprocess.Popen(['nnunet-ras', 'worker', '--data', data, '--queue', queue, '-device', 'cpu'],
                                 env=ws.env, stdout=open(str(tmp_path / f'worker{i}.log'), 'w'),
                                 stderr=subprocess.STDOUT) for i in range(2)]

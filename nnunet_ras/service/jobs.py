@@ -191,7 +191,8 @@ class JobQueue:
         """huey's consumer with ``workers`` threads; inside ``serve`` (``handle_signals`` off) uvicorn owns SIGINT and
         SIGTERM and stops it."""
         return (Consumer if handle_signals else _QuietConsumer)(self.huey, workers=workers, worker_type='thread',
-                                                                 periodic=False, check_worker_health=True)
+                                                                 periodic=False, check_worker_health=True,
+                                                                 max_delay=1.0)  # an idle SQLite queue: polled 1/s
 
 
 class _QuietConsumer(Consumer):

@@ -1,0 +1,74 @@
+"""Starting ``nnunet-ras serve`` in a subprocess on a free loopback port: for the tests and the load benchmark."""
+import os
+import re
+import socket
+import subprocess
+import time
+import urllib.request
+from typing import Dict, Optional
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+class ServiceProcess:
+    """``nnunet-ras serve -m MODEL --data DATA`` on 127.0.0.1:<free port>; ``.token`` is the admin token it prints
+    on its first start; its output goes to ``DATA.log``."""
+
+    def __init__(self, env: Dict[str, str], data: str, model: str, *extra: str):
+        self.env, self.data, self.model, self.extra = env, data, model, list(extra)
+        self.port = free_port()
+        self.url = f'http://127.0.0.1:{self.port}'
+        self.token: Optional[str] = None
+        self.log = data + '.log'
+        self.process: Optional[subprocess.Popen] = None
+
+    def start(self, timeout: float = 120) -> 'ServiceProcess':
+        os.makedirs(self.data, exist_ok=True)
+        self.output = open(self.log, 'a')
+        self.process = subprocess.Popen(['nnunet-ras', 'serve', '-m', self.model, '--data', self.data, '--port',
+                                         str(self.port), '-device', 'cpu', *self.extra],
+                                        env={**self.env, 'PYTHONUNBUFFERED': '1'}, stdout=self.output,
+                                        stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"serve exited with {self.process.returncode}:\n{self._tail()}")
+            try:
+                urllib.request.urlopen(self.url + '/openapi.json', timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline:
+                    self.stop(kill=True)
+                    raise RuntimeError(f"serve did not answer in {timeout} s:\n{self._tail()}")
+                time.sleep(0.3)
+        tokens = re.findall(r'nrs_[0-9a-f]+_[A-Za-z0-9_-]+', open(self.log).read())
+        self.token = self.token or (tokens[0] if tokens else None)
+        return self
+
+    def _tail(self) -> str:
+        with open(self.log) as f:
+            return f.read()[-3000:]
+
+    def stop(self, kill: bool = False) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            (self.process.kill if kill else self.process.terminate)()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.output.close()
+        self.process = None
+
+    def add_user(self, name: str, admin: bool = False) -> str:
+        """Adds a user through ``nnunet-ras serve-admin``; returns the token."""
+        result = subprocess.run(['nnunet-ras', 'serve-admin', 'add-user', name, '--data', self.data] +
+                                (['--admin'] if admin else []), env=self.env, capture_output=True, text=True,
+                                check=True)
+        return result.stdout.strip().splitlines()[-1]
