@@ -72,7 +72,7 @@ def pytest_terminal_summary(terminalreporter):
 
 # --- the contouring service: a real trained model, a real uvicorn server, real users -------------------------------
 
-SERVICE_TRAINER = 'nnUNetTrainerRAS_1epoch_5iters'
+SERVICE_TRAINER = 'nnUNetTrainerRASQAM_1epoch_5iters'  # a QAM trainer: jobs get a contour quality score
 SERVICE_CARD = {'intended_use': 'tests of the contouring service', 'warning': 'NOT FOR CLINICAL USE: test model',
                 'roi_names': {'liver': 'Liver', 'tumour': 'GTV'}}
 
@@ -87,8 +87,9 @@ def zip_folder(folder: str, target: str) -> str:
 
 @pytest.fixture(scope='session')
 def service_model(tmp_path_factory):
-    """(workspace, model folder, DICOM patients' CT folders): a RAS model trained by stock nnUNetv2_train on a tiny
-    phantom (1 epoch: its contours are poor but not empty), with a model card naming its ROIs Liver and GTV."""
+    """(workspace, model folder, DICOM patients' CT folders): a RAS U-Net + QAM model trained by stock
+    nnUNetv2_train on a tiny phantom (1 epoch: its contours are poor but not empty), with a model card naming its
+    ROIs Liver and GTV."""
     from nnunet_ras.dicom.phantom import write_phantom_patients
     ws = NnunetWorkspace(tmp_path_factory.mktemp('service_model'))
     write_phantom_dataset(ws.env['nnUNet_raw'], 991, 'ServicePhantom', num_train=6, num_test=0, seed=3, geometry=TINY)

@@ -65,6 +65,7 @@ def test_dicom_zip_job_runs_and_its_rtstruct_matches_the_label_map(service, tmp_
     assert api.get('/api/me').json() == {'name': 'admin', 'role': 'admin'}
     card = api.get('/api/model').json()
     assert card['warning'].startswith('NOT FOR CLINICAL USE') and card['labels'] == {'liver': 1, 'tumour': 2}
+    assert card['has_quality'] and card['roi_names'] == {'liver': 'Liver', 'tumour': 'GTV'}
     answer = submit(api, [service.dicom_zip], ['CTV=GTV+5@Liver', 'PTV=CTV+5'])
     assert answer.status_code == 201, answer.text
     job = wait(api, answer.json()['id'])
@@ -72,6 +73,7 @@ def test_dicom_zip_job_runs_and_its_rtstruct_matches_the_label_map(service, tmp_
     assert job['input'] == {'kind': 'dicom', 'name': 'ct.zip', 'patient': job['input']['patient']}
     assert job['progress'] == 1.0 and job['timings_s']['predicting'] >= 0
     assert [s['name'] for s in job['structures']] == ['Liver', 'GTV', 'CTV', 'PTV']
+    assert isinstance(job['quality_score'], float) and np.isfinite(job['quality_score'])  # the model's QAM scored it
 
     labels_path = tmp_path / 'labels.nii.gz'
     labels_path.write_bytes(api.get(job['files']['labels']).content)
