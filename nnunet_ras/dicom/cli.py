@@ -109,6 +109,19 @@ def _dicom_phantom(args) -> int:
     return 0
 
 
+def add_model_arguments(p: argparse.ArgumentParser, default: str = '') -> None:
+    """The options that name a trained model (read by ``_model_folders``), as nnUNetv2_predict has them."""
+    p.add_argument('-m', nargs='+', default=None, help='trained model folder(s) (Trainer__Plans__Configuration); '
+                                                       'several are ensembled' + default)
+    p.add_argument('-d', default=None, help='dataset name or ID, instead of -m')
+    p.add_argument('-tr', default='nnUNetTrainer', help='trainer (with -d)')
+    p.add_argument('-c', default='3d_fullres', help='configuration (with -d)')
+    p.add_argument('-p', default='nnUNetPlans', help='plans identifier (with -d)')
+    p.add_argument('-f', nargs='+', default=None, help='folds (default: all trained folds)')
+    p.add_argument('-chk', default='checkpoint_final.pth', help='checkpoint name')
+    p.add_argument('--disable_tta', action='store_true', help='no mirroring at test time (faster, a bit worse)')
+
+
 def add_dicom_commands(subparsers) -> None:
     """Registers the DICOM subcommands on ``nnunet-ras``'s subparsers."""
     p = subparsers.add_parser('dicom-info', help='list the CT series and RTSTRUCTs of a DICOM folder, with the '
@@ -142,16 +155,8 @@ def add_dicom_commands(subparsers) -> None:
     p.add_argument('-i', required=True, help='a NIfTI file, or a folder with the DICOM CT series')
     p.add_argument('-o', required=True, help='output folder; must be new or empty (see --overwrite)')
     p.add_argument('--overwrite', action='store_true', help='replace a non-empty output folder whole')
-    p.add_argument('-m', nargs='+', default=None,
-                   help='trained model folder(s) (Trainer__Plans__Configuration); several are ensembled')
-    p.add_argument('-d', default=None, help='dataset name or ID, instead of -m')
-    p.add_argument('-tr', default='nnUNetTrainer', help='trainer (with -d)')
-    p.add_argument('-c', default='3d_fullres', help='configuration (with -d)')
-    p.add_argument('-p', default='nnUNetPlans', help='plans identifier (with -d)')
-    p.add_argument('-f', nargs='+', default=None, help='folds (default: all trained folds)')
-    p.add_argument('-chk', default='checkpoint_final.pth', help='checkpoint name')
+    add_model_arguments(p)
     p.add_argument('-device', default=None, choices=['cuda', 'cpu', 'mps'], help='default: cuda if available')
-    p.add_argument('--disable_tta', action='store_true', help='no mirroring at test time (faster, a bit worse)')
     p.add_argument('--series_uid', default=None, help='the CT series to use when the folder holds several')
     p.add_argument('--roi_names', nargs='+', default=[], metavar='LABEL=ROI',
                    help="ROI names for the model's labels (default: the label names), e.g. tumour=GTV")

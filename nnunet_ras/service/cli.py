@@ -129,17 +129,10 @@ def _queue_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_service_commands(subparsers) -> None:
+    from nnunet_ras.dicom.cli import add_model_arguments
     p = subparsers.add_parser('serve', help='the contouring service: web page and JSON API (FastAPI on uvicorn) with '
                                             'a job queue (huey)')
-    p.add_argument('-m', nargs='+', default=None,
-                   help="trained model folder(s); several are ensembled (default: the model of `make demo`)")
-    p.add_argument('-d', default=None, help='dataset name or ID, instead of -m')
-    p.add_argument('-tr', default='nnUNetTrainer', help='trainer (with -d)')
-    p.add_argument('-c', default='3d_fullres', help='configuration (with -d)')
-    p.add_argument('-p', default='nnUNetPlans', help='plans identifier (with -d)')
-    p.add_argument('-f', nargs='+', default=None, help='folds (default: all trained folds)')
-    p.add_argument('-chk', default='checkpoint_final.pth', help='checkpoint name')
-    p.add_argument('--disable_tta', action='store_true', help='no mirroring at test time (faster, a bit worse)')
+    add_model_arguments(p, " (default: the model of `make demo`)")
     p.add_argument('--postprocessing', default='auto', metavar='auto|none|FILE', help='as for predict')
     p.add_argument('--roi_names', nargs='+', default=[], metavar='LABEL=ROI',
                    help="ROI names for the model's labels (default: the model card's, else the label names)")
