@@ -14,7 +14,8 @@ from scipy import ndimage
 
 from nnunet_ras._io import declared_label_values, read_image, write_json_atomically
 from nnunet_ras.dataset_checks import DatasetError
-from nnunet_ras.noise import new_dataset_folder, raw_folder
+from nnunet_ras.dataset_ids import claim_dataset
+from nnunet_ras.noise import raw_folder
 
 MANIFEST_NAME = 'corruption_manifest.json'
 OPERATIONS = ('dilate', 'erode')
@@ -185,7 +186,8 @@ def corrupt_dataset(source: str, new_id: int, new_name: str, fraction: float, ra
                 'conventions': CONVENTIONS.splitlines(),
                 'cases': {}}
     target = os.path.join(raw, f'Dataset{new_id:03d}_{new_name}')
-    with new_dataset_folder(raw, new_id, new_name, overwrite) as tmp:
+    with claim_dataset(raw, new_id, new_name, overwrite) as claim:
+        tmp = claim.work
         for sub in ('imagesTr', 'imagesTs', 'labelsTs'):
             if os.path.isdir(os.path.join(folder, sub)):
                 _copy_tree(os.path.join(folder, sub), os.path.join(tmp, sub))

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from nnunet_ras._io import read_image, write_json_atomically
 from nnunet_ras.dataset_checks import DatasetError
-from nnunet_ras.noise import check_dataset_id_free, new_dataset_folder
+from nnunet_ras.dataset_ids import check_dataset_id_free, claim_dataset
 
 STRUCTURES = {'lungs': 'JSRTLungs', 'heart': 'JSRTHeart', 'clavicles': 'JSRTClavicles'}  # id offsets 0, 1, 2
 
@@ -75,7 +75,8 @@ def convert_jsrt(input_folder: str, raw: str, first_id: int, structures: Sequenc
     for structure in structures:
         dataset_id = first_id + list(STRUCTURES).index(structure)
         name = STRUCTURES[structure]
-        with new_dataset_folder(raw, dataset_id, name) as tmp:
+        with claim_dataset(raw, dataset_id, name) as claim:
+            tmp = claim.work
             for part, suffix in (('train', 'Tr'), ('test', 'Ts')):
                 os.makedirs(os.path.join(tmp, f'images{suffix}'))
                 os.makedirs(os.path.join(tmp, f'labels{suffix}'))
