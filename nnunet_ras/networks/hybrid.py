@@ -5,7 +5,6 @@ replicated) of every input channel go into a 2D U-Net of pre-activation (ResNet 
 z's logits. The module takes (B, C, D, H, W) and returns (B, K, D, H, W), so nnU-Net's sliding window, its 3d_fullres
 configuration and stock ``nnUNetv2_predict`` treat it as any 3D network.
 """
-import pydoc
 from typing import Sequence, Type
 
 import numpy as np
@@ -14,6 +13,8 @@ from dynamic_network_architectures.building_blocks.helper import convert_conv_op
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 from torch.nn import functional as F
+
+from nnunet_ras.networks.unet_parts import locate_plan_classes
 
 CONTEXT_SLICES = 3  # z-1, z, z+1
 
@@ -158,16 +159,13 @@ def build_hybrid_unet_25d(arch_kwargs: dict, input_channels: int, num_classes: i
     """The hybrid for a 3D plan: the plan's in-plane pooling strides of its first ``max_stages`` stages (so nnU-Net's
     patch sizes, divisible by them, need no padding), seed 003's widths (16 doubling) and the plan's norm and
     nonlin in their 2D form."""
-    conv_op = arch_kwargs['conv_op']
-    conv_op = pydoc.locate(conv_op) if isinstance(conv_op, str) else conv_op
+    defaults = {'norm_op': 'torch.nn.InstanceNorm3d', 'nonlin': 'torch.nn.LeakyReLU'}
+    arch_kwargs = locate_plan_classes({**arch_kwargs, **{k: v for k, v in defaults.items() if not arch_kwargs.get(k)}})
+    conv_op, norm_op, nonlin = arch_kwargs['conv_op'], arch_kwargs['norm_op'], arch_kwargs['nonlin']
     if convert_conv_op_to_dim(conv_op) != 3:
         raise ValueError("the 2.5D hybrid needs a 3D configuration (it stacks neighbouring slices); "
                          f"this plan's conv_op is {conv_op.__name__}")
     strides = [[int(s) for s in stride[1:]] for stride in arch_kwargs['strides'][:max_stages]]
-    norm_op = arch_kwargs.get('norm_op') or 'torch.nn.InstanceNorm3d'
-    norm_op = pydoc.locate(norm_op) if isinstance(norm_op, str) else norm_op
-    nonlin = arch_kwargs.get('nonlin') or 'torch.nn.LeakyReLU'
-    nonlin = pydoc.locate(nonlin) if isinstance(nonlin, str) else nonlin
     network = HybridUNet25D(input_channels, num_classes, [base_features * 2 ** s for s in range(len(strides))],
                             strides, bottleneck_blocks, _norm_2d(norm_op), arch_kwargs.get('norm_op_kwargs'), nonlin,
                             arch_kwargs.get('nonlin_kwargs'))
