@@ -19,12 +19,11 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 
 from nnunet_ras._io import write_atomically
-from nnunet_ras.networks.quality import (QualityAssessmentNet, one_hot_label, overfitting_control,
-                                         quality_weights)
+from nnunet_ras.networks.quality import QualityAssessmentNet
+from nnunet_ras.quality.ranking import write_training_ranking
+from nnunet_ras.quality.weighting import CHECKPOINT_KEY, label_channels, overfitting_control, quality_weights
 from nnunet_ras.training.schedules import SMOKE_TEST, short_schedule
 from nnunet_ras.training.trainers import nnUNetTrainerRAS
-
-CHECKPOINT_KEY = 'quality_assessment'
 
 
 def _sample(x: Union[torch.Tensor, Sequence[torch.Tensor]], i: int):
@@ -56,13 +55,13 @@ class QualityWeighting:
 
     def quality_scores(self, data: torch.Tensor, full_resolution_target: torch.Tensor) -> torch.Tensor:
         """The QAM's score of each sample, after the OCM."""
-        labels = one_hot_label(full_resolution_target, self.label_manager.num_segmentation_heads,
+        labels = label_channels(full_resolution_target, self.label_manager.num_segmentation_heads,
                                self.label_manager.has_regions)
         return overfitting_control(self.qam(data, labels), self.ocm_lambda)
 
     def holds_contour(self, full_resolution_target: torch.Tensor) -> torch.Tensor:
         """Per sample: does the label hold any foreground (the ignore label does not count)?"""
-        labels = one_hot_label(full_resolution_target, self.label_manager.num_segmentation_heads,
+        labels = label_channels(full_resolution_target, self.label_manager.num_segmentation_heads,
                                self.label_manager.has_regions)
         foreground = labels if self.label_manager.has_regions else labels[:, 1:]
         return foreground.flatten(1).any(1)
@@ -127,7 +126,6 @@ class QualityWeighting:
     def on_train_end(self):
         super().on_train_end()
         if self.local_rank == 0:
-            from nnunet_ras.quality.ranking import write_training_ranking
             write_training_ranking(self)
 
 
