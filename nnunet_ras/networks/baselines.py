@@ -1,18 +1,19 @@
-"""The baselines the papers compare against, built from an nnU-Net plan's topology (seed 000 Table 1, seed 003).
+"""The baselines the papers compare against, built from an nnU-Net plan's topology: SE U-Net and V-Net (Table 1 of
+Zhang et al., see ``ras_unet``) and the 2D-3D hybrid of Xia and Jing's "MR Image Segmentation" (see ``hybrid``).
 
 * ``SEUNet``: nnU-Net's plain U-Net (``PlainConvUNet``) with squeeze-and-excitation after every conv stack.
 * ``ResidualSEUNet``: nnU-Net's residual-encoder U-Net (``ResidualEncoderUNet``) with SE in every residual block
   and after every decoder conv stack.
 * ``VNet``: residual stages of 5x5x5 convs with PReLU, strided-conv down-sampling, transposed-conv up-sampling.
-* ``HybridUNet25D``: seed 003's 2D-3D hybrid: a 2D pre-activation ResNet U-Net that sees slices z-1, z, z+1 and
-  predicts slice z, wrapped as a 3D-in / 3D-out module so nnU-Net's 3D pipeline (sliding window, stock
+* ``HybridUNet25D``: the course project's 2D-3D hybrid: a 2D pre-activation ResNet U-Net that sees slices z-1, z,
+  z+1 and predicts slice z, wrapped as a 3D-in / 3D-out module so nnU-Net's 3D pipeline (sliding window, stock
   ``nnUNetv2_predict``) runs it unchanged.
 
 All return logits, take ``deep_supervision`` like nnU-Net's networks (the hybrid excepted, see its docstring) and
 report ``compute_conv_feature_map_size``. The ``build_*`` functions take a plan's ``arch_kwargs`` as nnU-Net stores
 them (class names as strings), from ``PlainConvUNet`` or ``ResidualEncoderUNet`` plans alike.
 """
-from typing import List, Optional, Sequence, Type, Union
+from typing import Optional, Sequence, Type, Union
 
 import numpy as np
 import torch
@@ -21,11 +22,10 @@ from dynamic_network_architectures.building_blocks.helper import get_matching_co
 from dynamic_network_architectures.building_blocks.regularization import SqueezeExcite
 from dynamic_network_architectures.building_blocks.residual import BasicBlockD
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU, StackedConvBlocks
-from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from nnunet_ras.networks.unet_parts import StagedDecoder, StagedEncoder, locate_plan_classes, per_axis
+from nnunet_ras.networks.unet_parts import StagedDecoder, StagedEncoder, StagedUNet, locate_plan_classes, per_axis
 
 _PLAIN_UNET_KEYS = ('n_stages', 'features_per_stage', 'conv_op', 'kernel_sizes', 'strides', 'n_conv_per_stage',
                     'n_conv_per_stage_decoder', 'conv_bias', 'norm_op', 'norm_op_kwargs', 'dropout_op',
@@ -77,7 +77,7 @@ def _append_se(stack: StackedConvBlocks, conv_op: Type[_ConvNd], reduction: floa
 
 
 class SEUNet(PlainConvUNet):
-    """nnU-Net's plain U-Net with squeeze-and-excitation (SE U-Net, the baseline of seed 000's Table 1).
+    """nnU-Net's plain U-Net with squeeze-and-excitation (SE U-Net, the baseline of Zhang et al.'s Table 1).
 
     Every encoder and decoder conv stack ends with an SE module that re-weights its channels by a gate computed from
     the globally pooled features. Arguments as ``PlainConvUNet``'s, plus the SE channel ``se_reduction``.
@@ -192,7 +192,7 @@ def vnet_decoder(encoder: StagedEncoder, num_classes: int, n_conv_per_stage: Seq
                                                     conv_bias, norm_op, norm_op_kwargs, nonlin, nonlin_kwargs))
 
 
-class VNet(nn.Module):
+class VNet(StagedUNet):
     """V-Net (Milletari et al. 2016) on an nnU-Net plan's topology: residual stages of large-kernel convs with PReLU,
     strided-conv down-sampling, transposed-conv up-sampling, skip concatenation.
 
@@ -224,17 +224,6 @@ class VNet(nn.Module):
         self.decoder = vnet_decoder(self.encoder, num_classes, _per_stage(n_conv_per_stage_decoder, n_stages - 1),
                                    deep_supervision, kernel_sizes, conv_bias, norm_op, norm_op_kwargs, nonlin,
                                    nonlin_kwargs)
-
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
-        return self.decoder(self.encoder(x))
-
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        return self.encoder.compute_conv_feature_map_size(input_size) + \
-            self.decoder.compute_conv_feature_map_size(input_size)
-
-    @staticmethod
-    def initialize(module: nn.Module) -> None:
-        InitWeights_He(1e-2)(module)
 
 
 VNET_KERNEL = 5

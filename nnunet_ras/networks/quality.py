@@ -4,6 +4,8 @@ Evaluation for Noisy-Labeled Image Segmentation", MICCAI 2019).
 The QAM looks at an image together with a label and returns one raw quality score per sample; how the scores become
 loss weights (the softmax over the batch, the overfitting control module) is ``nnunet_ras.quality.weighting``.
 """
+import importlib
+import warnings
 from typing import Sequence, Type
 
 import numpy as np
@@ -59,12 +61,8 @@ _MOVED = {'one_hot_label': 'label_channels', 'overfitting_control': 'overfitting
 
 
 def __getattr__(name: str):
-    """The weighting maths and the label encoding moved to ``nnunet_ras.quality.weighting``; their old names here
-    still resolve (with a DeprecationWarning), imported only when asked for, so that networks/ imports nothing above it."""
+    """The old names of what moved to ``nnunet_ras.quality.weighting``, deprecated, imported only when asked for."""
     if name not in _MOVED:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-    import warnings
-    warnings.warn(f"{__name__}.{name} is now nnunet_ras.quality.weighting.{_MOVED[name]}", DeprecationWarning,
-                  stacklevel=2)
+    warnings.warn(f"{__name__}.{name} is now nnunet_ras.quality.weighting.{_MOVED[name]}", DeprecationWarning, 2)
     return getattr(importlib.import_module('nnunet_ras.quality.weighting'), _MOVED[name])

@@ -1,4 +1,7 @@
-"""RAS U-Net: a U-Net whose every conv block is a RAS conv (seed 000, SPEC section 1).
+"""RAS U-Net: a U-Net whose every conv block is a residual attention separable (RAS) conv, after Zhang F., Zhou Y.,
+Yang Y., Chen Z., Gao Y. and Lin X., "可分离卷积与注意力机制结合的肝癌靶区CT图像自动分割" (automatic segmentation of
+liver-cancer target volumes in CT combining separable convolution and attention; Department of Radiation Oncology,
+Zhongshan Hospital, Fudan University), "the paper" below.
 
 The topology (stages, pooling strides, features per stage, conv dimension, norm and nonlin) comes from an nnU-Net
 plan, so the network fits any data set. With the paper's 5 stages it has the paper's 9 RAS convs.
@@ -7,12 +10,12 @@ from typing import List, Optional, Sequence, Type, Union
 
 import torch
 from dynamic_network_architectures.building_blocks.helper import get_matching_pool_op
-from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from nnunet_ras.networks.blocks import IntensityWindow, RASConv
-from nnunet_ras.networks.unet_parts import StagedDecoder, StagedEncoder, UpsampleHalving, locate_plan_classes, per_axis
+from nnunet_ras.networks.unet_parts import (StagedDecoder, StagedEncoder, StagedUNet, UpsampleHalving,
+                                            locate_plan_classes, per_axis)
 
 RAS_UNET_CLASS_NAME = 'nnunet_ras.networks.ras_unet.RASUNet'
 RAS_KWARGS_REQUIRING_IMPORT = ('conv_op', 'norm_op', 'nonlin')
@@ -54,7 +57,7 @@ def ras_decoder(encoder: StagedEncoder, num_classes: int, deep_supervision: bool
                                           attention_reduction, conv_bias, attention, separable))
 
 
-class RASUNet(nn.Module):
+class RASUNet(StagedUNet):
     """Residual attention separable U-Net.
 
     Args:
@@ -113,20 +116,7 @@ class RASUNet(nn.Module):
                                   nonlin, nonlin_kwargs, attention_reduction, attention, separable)
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
-        return self.decoder(self.encoder(self.window(x)))
-
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        """Number of feature-map elements one sample of ``input_size`` keeps for the backward pass.
-
-        Counted like dynamic-network-architectures counts its U-Nets (the elements of every conv output), so
-        nnU-Net's planner can compare it to its reference values when it fits patch and batch size.
-        """
-        return self.encoder.compute_conv_feature_map_size(input_size) + \
-            self.decoder.compute_conv_feature_map_size(input_size)
-
-    @staticmethod
-    def initialize(module: nn.Module) -> None:
-        InitWeights_He(1e-2)(module)
+        return super().forward(self.window(x))
 
 
 def ras_kwargs_from_plan(arch_kwargs: dict) -> dict:

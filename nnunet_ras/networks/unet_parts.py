@@ -1,16 +1,13 @@
-"""The U-Net parts that RAS U-Net and V-Net share, and the reading of an nnU-Net plan's class names.
-
-Like dynamic-network-architectures' ``PlainConvUNet`` (Isensee et al., "nnU-Net: a self-configuring method for deep
-learning-based biomedical image segmentation", Nature Methods 2021), a network is an encoder whose every stage output
-is a skip and a decoder that, per stage, up-samples, concatenates the skip and runs a stage; the encoder and decoder
-here build their own module lists (as its ``UNetDecoder`` does) from one factory per network.
-"""
+"""The U-Net parts that RAS U-Net and V-Net share, and the reading of an nnU-Net plan's class names. As in
+dynamic-network-architectures' U-Nets (Isensee et al., "nnU-Net", Nature Methods 2021), encoder and decoder build
+their own module lists (here from one stage factory per network); every encoder stage's output is a skip."""
 import pydoc
 from typing import Callable, List, Sequence, Type, Union
 
 import numpy as np
 import torch
 from dynamic_network_architectures.building_blocks.helper import maybe_convert_scalar_to_list
+from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
@@ -33,10 +30,6 @@ def locate_plan_classes(arch_kwargs: dict, keys: Sequence[str] = PLAN_CLASS_KEYS
 def per_axis(conv_op: Type[_ConvNd], value: Union[int, Sequence[int]]) -> List[int]:
     """A kernel size or stride per spatial axis of ``conv_op`` (a scalar repeated, as nnU-Net's plans allow)."""
     return [int(v) for v in maybe_convert_scalar_to_list(conv_op, value)]
-
-
-def _feature_maps(module: nn.Module, input_size: Sequence[int]) -> int:
-    return module.compute_conv_feature_map_size(input_size) if hasattr(module, 'compute_conv_feature_map_size') else 0
 
 
 class StagedEncoder(nn.Module):
@@ -64,7 +57,8 @@ class StagedEncoder(nn.Module):
         size = 0
         for stage, stride in zip(self.stages, self.strides):
             input_size = [i // s for i, s in zip(input_size, stride)]
-            size += sum(_feature_maps(m, input_size) for m in stage)
+            size += sum(m.compute_conv_feature_map_size(input_size) for m in stage
+                        if hasattr(m, 'compute_conv_feature_map_size'))
         return int(size)
 
 
@@ -134,3 +128,26 @@ class StagedDecoder(nn.Module):
             if self.deep_supervision or s == len(self.stages) - 1:
                 total += self.num_classes * voxels
         return int(total)
+
+
+class StagedUNet(nn.Module):
+    """A U-Net of a ``StagedEncoder`` and a ``StagedDecoder`` (subclasses build both), initialised like nnU-Net's
+    networks (He, negative slope 1e-2)."""
+    encoder: StagedEncoder
+    decoder: StagedDecoder
+
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
+        return self.decoder(self.encoder(x))
+
+    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
+        """Number of feature-map elements one sample of ``input_size`` keeps for the backward pass.
+
+        Counted like dynamic-network-architectures counts its U-Nets (the elements of every conv output), so
+        nnU-Net's planner can compare it to its reference values when it fits patch and batch size.
+        """
+        return self.encoder.compute_conv_feature_map_size(input_size) + \
+            self.decoder.compute_conv_feature_map_size(input_size)
+
+    @staticmethod
+    def initialize(module: nn.Module) -> None:
+        InitWeights_He(1e-2)(module)
