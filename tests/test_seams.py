@@ -54,7 +54,37 @@ def test_imports_run_one_way():
     for folder, above in upward.items():
         wrong = [(name, module) for name, module in _imports(folder) if module.startswith(above)]
         assert not wrong, f'{folder}/ imports from a layer above it: {wrong}'
-    code = 'import sys, nnunet_ras.quality.scoring; print(any(m.startswith("nnunet_ras.training") for m in sys.modules))'
+    code = ('import sys, nnunet_ras.quality.scoring; '
+            'print(any(m.startswith("nnunet_ras.training") for m in sys.modules))')
     assert subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           check=True).stdout.strip() == 'False'
     assert ranking.write_training_ranking.__module__ == 'nnunet_ras.quality.ranking'
+
+
+def test_a_network_ablation_is_a_class_attribute():
+    from nnunet_ras.networks.blocks import SpatialAttention
+    from nnunet_ras.training import nnUNetTrainerRAS, nnUNetTrainerRAS_NoAttention, nnUNetTrainerRAS_NoDropout
+
+    class Plan:  # what build_network_architecture reads of nnU-Net's ConfigurationManager
+        network_arch_init_kwargs = {'n_stages': 3, 'features_per_stage': [4, 8, 16], 'conv_op': 'torch.nn.Conv3d',
+                                    'strides': [[1, 1, 1], [2, 2, 2], [2, 2, 2]], 'norm_op': 'torch.nn.InstanceNorm3d',
+                                    'norm_op_kwargs': {'affine': True}, 'nonlin': 'torch.nn.LeakyReLU'}
+
+    assert nnUNetTrainerRAS.network_overrides == {} and nnUNetTrainerRAS_NoAttention.network_overrides == {
+        'attention': False}
+
+    def built(trainer):
+        return trainer.build_network_architecture(None, Plan, 1, 2, False)
+
+    assert any(isinstance(m, SpatialAttention) for m in built(nnUNetTrainerRAS).modules())
+    assert not any(isinstance(m, SpatialAttention) for m in built(nnUNetTrainerRAS_NoAttention).modules())
+    assert not any(isinstance(m, torch.nn.Dropout) for m in built(nnUNetTrainerRAS_NoDropout).modules())
+    assert any(isinstance(m, torch.nn.Dropout) for m in built(nnUNetTrainerRAS).modules())
+
+
+def test_every_short_schedule_comes_from_the_one_table():
+    from nnunet_ras.training import schedules
+    names = {f"{t.__name__}_{e}epoch{'s' if e > 1 else ''}_{i}iters"
+             for t, table in schedules.SCHEDULES.items() for e, i in table}
+    assert set(schedules.__all__) == names | {'nnUNetTrainerRAS_2epochs_5iters'}
+    assert all(getattr(schedules, n).__module__ == schedules.__name__ for n in schedules.__all__)

@@ -1,4 +1,7 @@
-"""Noisy-label training with quality weighting (Pick-and-Learn, seed 002, SPEC section 2) as nnU-Net trainers.
+"""Noisy-label training with quality weighting as nnU-Net trainers: Pick-and-Learn (Zhu, Shi and Wu, "Pick-and-Learn:
+Automatic Quality Evaluation for Noisy-Labeled Image Segmentation", MICCAI 2019), as Zhu H. applies it to
+target-volume delineation ("基于深度学习的靶区自动勾画", deep-learning-based automatic target-volume delineation,
+bachelor thesis, Tsinghua University, 2019).
 
 A quality assessment network (QAM) scores each (image, label) pair of a batch; the optional OCM bounds the score to
 (-lambda, lambda); a softmax over the batch turns scores into weights that sum to the batch size; each sample's
@@ -22,7 +25,6 @@ from nnunet_ras._io import write_atomically
 from nnunet_ras.networks.quality import QualityAssessmentNet
 from nnunet_ras.quality.ranking import write_training_ranking
 from nnunet_ras.quality.weighting import CHECKPOINT_KEY, label_channels, overfitting_control, quality_weights
-from nnunet_ras.training.schedules import SMOKE_TEST, short_schedule
 from nnunet_ras.training.trainers import nnUNetTrainerRAS
 
 
@@ -134,7 +136,7 @@ class nnUNetTrainerQAM(QualityWeighting, nnUNetTrainer):
 
 
 class nnUNetTrainerQAM_NoOCM(nnUNetTrainerQAM):
-    """Plain QAM: unbounded scores (the seed's 'QAM' column)."""
+    """Plain QAM: unbounded scores (the thesis's 'QAM' column)."""
     ocm_lambda = None
 
 
@@ -156,6 +158,3 @@ class nnUNetTrainerRASQAM_NoOCM(nnUNetTrainerRASQAM):
     """RAS U-Net with the plain QAM."""
     ocm_lambda = None
 
-
-for _trainer in (nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM, nnUNetTrainerRASQAM, nnUNetTrainerRASQAM_NoOCM):
-    short_schedule(_trainer, *SMOKE_TEST, doc='Smoke-test schedule (tests).')
