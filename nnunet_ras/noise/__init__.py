@@ -1,5 +1,6 @@
-"""Label-noise experiments (seed 002): a simulator that corrupts a share of an nnU-Net raw data set's training
-labels, and a converter of the JSRT/SCR chest radiographs into nnU-Net raw data sets.
+"""Label-noise experiments (Zhu H.'s thesis, after Pick-and-Learn, MICCAI 2019): a simulator that corrupts a share of
+an nnU-Net raw data set's training labels, and a converter of the JSRT/SCR chest radiographs into nnU-Net raw data
+sets.
 
 New data sets are claimed through the package's one id claim, ``dataset_ids.claim_dataset``."""
 import os

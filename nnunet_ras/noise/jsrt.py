@@ -1,7 +1,8 @@
-"""JSRT/SCR chest radiographs -> one nnU-Net raw 2D data set per structure (the data of seed 002's experiment).
+"""JSRT/SCR chest radiographs -> one nnU-Net raw 2D data set per structure (the data of Zhu's noisy-label
+experiment, after Pick-and-Learn, MICCAI 2019).
 
 Lungs and heart overlap at their borders, so each structure is its own binary task. All structures share one
-seeded train/test split: seed 002 does not say which split it used, so the default is half/half.
+seeded train/test split: the thesis does not say which split it used, so the default is half/half.
 """
 import math
 import os
