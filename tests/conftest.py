@@ -10,6 +10,19 @@ from nnunet_ras.workspace import Workspace
 
 TINY = PhantomGeometry(shape_zyx=(16, 48, 48), spacing_zyx=(3.0, 0.8, 0.8))
 STEP_TIMES: Dict[str, float] = {}
+# the real data sets next to the repository; tests that read them are marked ``shared_data`` (pytest -m shared_data)
+SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data'))
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', f'shared_data: reads the real data sets in ../shared/data ({SHARED_DATA})')
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker('shared_data') is not None and not os.path.isdir(SHARED_DATA):
+        pytest.fail(f"{item.name} reads the real data in {SHARED_DATA}, which is missing: put the shared data "
+                    f"folder (../shared/data, see its README.md) next to the repository, or deselect these tests "
+                    f"with -m 'not shared_data'", pytrace=False)
 
 
 class NnunetWorkspace(Workspace):
