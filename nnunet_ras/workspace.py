@@ -2,18 +2,21 @@
 commands in it. The demo, the benchmarks under ``bench/`` and the tests run their commands through it."""
 import os
 import subprocess
+import sys
 import time
 from typing import List, Optional, Sequence, TextIO
 
-from nnunet_ras.installation import nnunet_command_environment, trainer_path
+from nnunet_ras.installation import trainer_path
 
 NNUNET_FOLDERS = ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results')
 
 
 class Workspace:
     """The three nnU-Net folders under ``root`` (``keep_set_folders``: those set in the environment win) and the
-    environment for nnU-Net's commands: ``nnUNet_extTrainer`` is this plugin's trainer folder followed by
-    ``trainer_folders`` only, or, without them, by the caller's; ``variables`` are further ones (worker counts)."""
+    environment for nnU-Net's commands: ``os.environ`` with the folders, this interpreter's scripts first on ``PATH``
+    (so the commands of this environment run even when it is not activated), CPU-sized augmentation workers, and
+    ``nnUNet_extTrainer`` listing this plugin's trainer folder first, then ``trainer_folders`` only or, without them,
+    the caller's; ``variables`` are further ones (worker counts)."""
 
     def __init__(self, root: str, keep_set_folders: bool = False, trainer_folders: Optional[Sequence[str]] = None,
                  **variables: str):
@@ -22,9 +25,13 @@ class Workspace:
                    for var in NNUNET_FOLDERS}
         for folder in folders.values():
             os.makedirs(folder, exist_ok=True)
-        self.env = nnunet_command_environment(folders)
-        if trainer_folders is not None:
-            self.env['nnUNet_extTrainer'] = os.pathsep.join([trainer_path(), *trainer_folders])
+        self.env = dict(os.environ, **folders)
+        if trainer_folders is None:
+            set_before = self.env.get('nnUNet_extTrainer', '').split(os.pathsep)
+            trainer_folders = [p for p in set_before if p and p != trainer_path()]
+        self.env['nnUNet_extTrainer'] = os.pathsep.join([trainer_path(), *trainer_folders])
+        self.env['PATH'] = os.pathsep.join([os.path.dirname(sys.executable), self.env.get('PATH', '')])
+        self.env.setdefault('nnUNet_n_proc_DA', str(max(1, min(2, os.cpu_count() or 1))))
         self.env.update(variables)
 
     def path(self, var: str, *parts: str) -> str:
