@@ -1,61 +1,43 @@
 """What the training benchmarks share: an isolated nnU-Net workspace that runs stock commands, the light benchmark
 plans, and test-set evaluation.
 
-Light plans (``nnUNetBenchPlans``): nnU-Net's own plans with the features per stage capped like seed 002's
-baseline (16, 32, 64, 96, 128, then 128), so that a 2-core CPU trains every variant within the time budget. Patch
+Light plans (``nnUNetBenchPlans``): nnU-Net's own plans with the features per stage capped like the baseline of
+Zhu H.'s thesis (16, 32, 64, 96, 128, then 128), so that a 2-core CPU trains every variant within the time budget. Patch
 size, spacing, normalisation and topology stay nnU-Net's.
 """
 import glob
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from typing import Dict, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), 'shared', 'data')
+BENCH_TRAINERS = os.path.join(ROOT, 'bench', 'trainers')  # the benchmark schedules, for nnUNet_extTrainer
 sys.path.insert(0, ROOT)
+sys.path.insert(0, BENCH_TRAINERS)
 
-from nnunet_ras.installation import nnunet_command_environment, trainer_path  # noqa: E402
+from nnunet_ras import workspace  # noqa: E402
 
 BENCH_PLANS = 'nnUNetBenchPlans'
 SEED002_FEATURES = (16, 32, 64, 96, 128)
 
 
-class Workspace:
-    """nnUNet_raw / _preprocessed / _results under one folder, a runner for stock commands and a log."""
+class Workspace(workspace.Workspace):
+    """nnU-Net's folders under one folder, this plugin's and the benchmarks' trainers (``BENCH_TRAINERS``), a
+    runner of stock commands that logs to ``commands.log`` and returns the wall time."""
 
     def __init__(self, root: str):
-        self.root = os.path.abspath(root)
-        folders = {v: os.path.join(self.root, v) for v in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results')}
-        for folder in folders.values():
-            os.makedirs(folder, exist_ok=True)
-        self.env = nnunet_command_environment(folders)
-        self.env['nnUNet_extTrainer'] = trainer_path()
-        self.env['nnUNet_n_proc_DA'] = '1'  # one augmentation worker: two cores in all
-        # one export worker for the validation at the end of training (nnU-Net's default spawns 8, each importing
-        # torch: that alone took 45 s of a 2-minute JSRT run)
-        self.env['nnUNet_def_n_proc'] = '1'
-        os.environ.update({k: self.env[k] for k in (*folders, 'nnUNet_extTrainer')})
+        # one augmentation worker (two cores in all); one export worker for the validation at the end of training
+        # (nnU-Net's default spawns 8, each importing torch: that alone took 45 s of a 2-minute JSRT run)
+        super().__init__(root, trainer_folders=[BENCH_TRAINERS], nnUNet_n_proc_DA='1', nnUNet_def_n_proc='1')
+        os.environ.update({k: self.env[k] for k in (*workspace.NNUNET_FOLDERS, 'nnUNet_extTrainer')})
         self.log = open(os.path.join(self.root, 'commands.log'), 'a')
-
-    def path(self, var: str, *parts: str) -> str:
-        return os.path.join(self.env[var], *parts)
 
     def run(self, cmd: List[str]) -> float:
         """Run a command, log it with its output, fail loudly; returns its wall time in seconds."""
-        start = time.time()
-        self.log.write(f"$ {' '.join(cmd)}\n")
-        self.log.flush()
-        result = subprocess.run(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
-        seconds = time.time() - start
-        self.log.write(f"# exit {result.returncode} after {seconds:.1f} s\n")
-        self.log.flush()
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({result.returncode}); see {self.log.name}")
-        return seconds
+        return super().run(cmd, log=self.log).seconds
 
     def dataset_folder(self, dataset_id: int) -> str:
         return glob.glob(self.path('nnUNet_raw', f'Dataset{dataset_id:03d}_*'))[0]

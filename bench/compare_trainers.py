@@ -12,8 +12,7 @@ import argparse
 import os
 
 from common import ROOT, SHARED_DATA, Workspace, make_bench_plans, model_folder
-
-from nnunet_ras.training.bench_schedules import BENCH, FINE_TUNE
+from nnunet_ras_bench_trainers import BENCH, FINE_TUNE
 
 SCHEDULE = f'{BENCH[0]}epochs_{BENCH[1]}iters'
 TRAINERS = ['nnUNetTrainer', 'nnUNetTrainerRAS', 'nnUNetTrainerSEUNet', 'nnUNetTrainerResSEUNet', 'nnUNetTrainerVNet',

@@ -32,8 +32,8 @@ sys.path.insert(0, ROOT)
 
 from nnunet_ras.demo import demo_model_folder  # noqa: E402
 from nnunet_ras.dicom.phantom import write_phantom_patients  # noqa: E402
-from nnunet_ras.installation import nnunet_command_environment  # noqa: E402
 from nnunet_ras.service.launch import ServiceProcess, free_port  # noqa: E402
+from nnunet_ras.workspace import Workspace  # noqa: E402
 
 MARGINS = ['CTV=GTV+5@Liver', 'PTV=CTV+5']
 ROI_NAMES = ['--roi_names', 'tumour=GTV', 'liver=Liver']
@@ -140,9 +140,7 @@ def main() -> int:
         return 2
     os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix='load_service_', dir=args.out)
-    env = nnunet_command_environment({v: os.path.join(work, v) for v in
-                                      ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results')})
-    env['nnUNet_def_n_proc'] = '1'
+    env = Workspace(work, nnUNet_def_n_proc='1').env
     processes = []
     try:
         patients = write_phantom_patients(os.path.join(work, 'patients'), args.inputs, seed=21, with_rtstruct=False)

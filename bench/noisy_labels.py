@@ -1,5 +1,6 @@
-"""Seed 002's noisy-label experiment with stock nnU-Net commands: baseline vs QAM vs QAM + OCM, Dice on clean test
-labels, on JSRT (lungs, heart, clavicles as three binary 2D tasks) and on Hippocampus (3D).
+"""The noisy-label experiment of Zhu H.'s thesis (after Pick-and-Learn, MICCAI 2019) with stock nnU-Net commands:
+baseline vs QAM vs QAM + OCM, Dice on clean test labels, on JSRT (lungs, heart, clavicles as three binary 2D
+tasks) and on Hippocampus (3D).
 
     python bench/noisy_labels.py [--rows 0 50:5-13 75:5-13] [--structures lungs heart clavicles] [--size 64]
                                  [--hippocampus 50:1-3] [--workdir bench/results/noisy_labels]
@@ -19,13 +20,13 @@ from common import (ROOT, SHARED_DATA, Workspace, copy_bench_plans, make_bench_p
                     train_and_test)
 
 from nnunet_ras._io import write_json_atomically
-from nnunet_ras.training.bench_schedules import NOISY_LABELS
+from nnunet_ras_bench_trainers import NOISY_LABELS
 
 SCHEDULE = f'{NOISY_LABELS[0]}epochs_{NOISY_LABELS[1]}iters'
 METHODS = {'baseline': f'nnUNetTrainer_{SCHEDULE}', 'QAM': f'nnUNetTrainerQAM_NoOCM_{SCHEDULE}',
            'QAM+OCM': f'nnUNetTrainerQAM_{SCHEDULE}'}
 STRUCTURE_IDS = {'lungs': 801, 'heart': 802, 'clavicles': 803}
-SEED_TABLE = {  # seed 002: mean Dice over lung, heart, clavicle; per structure
+SEED_TABLE = {  # Zhu's thesis: mean Dice over lung, heart, clavicle; per structure
     ('0', 'baseline'): (0.943, 0.941, 0.862, 0.915), ('0', 'QAM'): (0.939, 0.923, 0.831, 0.898),
     ('0', 'QAM+OCM'): (0.941, 0.940, 0.852, 0.911),
     ('25:1-8', 'baseline'): (0.868, 0.888, 0.538, 0.765), ('25:1-8', 'QAM'): (0.925, 0.926, 0.748, 0.866),
@@ -193,7 +194,7 @@ def tables(results: dict, args) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--rows', nargs='+', default=['0', '50:5-13', '75:5-13'],
-                        help="'0' or 'SHARE:MIN-MAX' (percent, pixels at 256 px), seed 002's rows")
+                        help="'0' or 'SHARE:MIN-MAX' (percent, pixels at 256 px), the thesis's rows")
     parser.add_argument('--structures', nargs='+', default=list(STRUCTURE_IDS), choices=list(STRUCTURE_IDS))
     parser.add_argument('--size', type=int, default=64, help='JSRT image size (the data are 256 px)')
     parser.add_argument('--hippocampus', default=None, help="e.g. '50:1-3' (share:voxel radius range)")

@@ -73,6 +73,14 @@ def remove_stale_parts(folder: str) -> int:
     return removed
 
 
+def link_or_copy(src: str, dst: str) -> None:
+    """Hard link where possible (same file system: no extra disk space), else a byte copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def write_atomically(path: str, write: Callable[[str], None]) -> str:
     """Calls ``write(temporary_path)`` and renames the result onto ``path``; returns ``path``.
 

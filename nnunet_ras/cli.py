@@ -24,7 +24,7 @@ def _trainer_path(args) -> int:
 
 
 def _plan_and_preprocess(args) -> int:
-    from nnunet_ras.preprocessing import plan_and_preprocess
+    from nnunet_ras.planning.preprocessing import plan_and_preprocess
     np_per_config = args.np if args.np is not None else [{'2d': 8, '3d_lowres': 8}.get(c, 4) for c in args.c]
     for d in args.d:
         plan_and_preprocess(d, args.c, np_per_config, args.npfp, args.gpu_memory_target,

@@ -3,19 +3,17 @@
 Everything after the planning runs through nnU-Net's own command-line tools, exactly as a user would run them.
 """
 import os
-import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict
 
 import numpy as np
 
 from nnunet_ras._io import read_image, write_json_atomically
-from nnunet_ras.installation import nnunet_command_environment
 from nnunet_ras.evaluation.metrics import dice
 from nnunet_ras.phantom import LABELS
+from nnunet_ras.workspace import Workspace
 
-NNUNET_FOLDERS = ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results')
 DEMO_WORKDIR, DEMO_DATASET, DEMO_TRAINER, DEMO_PLANS = 'demo_run', 'Dataset501_LiverPhantom', \
     'nnUNetTrainerRAS_30epochs_25iters', 'nnUNetRASPlans'
 DEMO_ROI_NAMES = {'liver': 'Liver', 'tumour': 'GTV'}
@@ -37,24 +35,6 @@ def demo_model_folder(workdir: str = DEMO_WORKDIR, trainer: str = DEMO_TRAINER) 
     return os.path.abspath(os.path.join(results, DEMO_DATASET, f'{trainer}__{DEMO_PLANS}__3d_fullres'))
 
 
-def nnunet_environment(workdir: str) -> Dict[str, str]:
-    """nnU-Net folders under ``workdir`` where they are not set already, for the demo's commands."""
-    folders = {var: os.environ.get(var) or os.path.abspath(os.path.join(workdir, var)) for var in NNUNET_FOLDERS}
-    for folder in folders.values():
-        os.makedirs(folder, exist_ok=True)
-    return nnunet_command_environment(folders)
-
-
-def run(cmd: List[str], env: Dict[str, str]) -> float:
-    """Runs a command with its output streamed; raises with the command line if it fails; returns seconds."""
-    print(f"\n$ {' '.join(cmd)}", flush=True)
-    start = time.time()
-    completed = subprocess.run(cmd, env=env)
-    if completed.returncode != 0:
-        raise RuntimeError(f"command failed with exit code {completed.returncode}: {' '.join(cmd)}")
-    return time.time() - start
-
-
 def tumour_dice_table(prediction_folder: str, reference_folder: str) -> Dict[str, Dict[str, float]]:
     scores = {}
     for name in sorted(os.listdir(reference_folder)):
@@ -69,11 +49,12 @@ def tumour_dice_table(prediction_folder: str, reference_folder: str) -> Dict[str
 
 def run_demo(workdir: str = 'demo_run', dataset_id: int = 501, trainer: str = 'nnUNetTrainerRAS_30epochs_25iters',
              min_tumour_dice: float = 0.5) -> int:
-    env = nnunet_environment(workdir)
+    ws = Workspace(workdir, keep_set_folders=True)  # nnU-Net folders under workdir where they are not set already
+    env = ws.env
     os.environ.update(env)  # the in-process planner reads the same folders
     timings = {}
     from nnunet_ras.phantom import write_phantom_dataset
-    from nnunet_ras.preprocessing import plan_and_preprocess
+    from nnunet_ras.planning.preprocessing import plan_and_preprocess
 
     start = time.time()
     dataset_folder = write_phantom_dataset(env['nnUNet_raw'], dataset_id)
@@ -87,12 +68,12 @@ def run_demo(workdir: str = 'demo_run', dataset_id: int = 501, trainer: str = 'n
     timings['plan_and_preprocess (nnUNetPlannerRAS)'] = time.time() - start
 
     dataset = os.path.basename(dataset_folder)
-    timings['nnUNetv2_train'] = run(['nnUNetv2_train', str(dataset_id), '3d_fullres', '0', '-tr', trainer,
-                                     '-p', plans, '-device', 'cpu'], env)
+    timings['nnUNetv2_train'] = ws.run(['nnUNetv2_train', str(dataset_id), '3d_fullres', '0', '-tr', trainer,
+                                        '-p', plans, '-device', 'cpu']).seconds
     prediction_folder = os.path.join(workdir, 'predictions')
-    timings['nnUNetv2_predict'] = run(['nnUNetv2_predict', '-i', os.path.join(dataset_folder, 'imagesTs'),
-                                       '-o', prediction_folder, '-d', str(dataset_id), '-c', '3d_fullres',
-                                       '-tr', trainer, '-p', plans, '-f', '0', '-device', 'cpu'], env)
+    timings['nnUNetv2_predict'] = ws.run(['nnUNetv2_predict', '-i', os.path.join(dataset_folder, 'imagesTs'),
+                                          '-o', prediction_folder, '-d', str(dataset_id), '-c', '3d_fullres',
+                                          '-tr', trainer, '-p', plans, '-f', '0', '-device', 'cpu']).seconds
 
     scores = tumour_dice_table(prediction_folder, os.path.join(dataset_folder, 'labelsTs'))
     print(f"\nHeld-out cases of {dataset} ({trainer}, plans {plans}, fold 0):")

@@ -2,9 +2,8 @@
 import contextlib
 import io
 import os
-import sys
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import nnunet_ras.ext.trainers
 
@@ -12,18 +11,6 @@ import nnunet_ras.ext.trainers
 def trainer_path() -> str:
     """The folder to put into ``nnUNet_extTrainer`` (the installed copy of the repository's trainers/)."""
     return os.path.abspath(nnunet_ras.ext.trainers.__path__[0])
-
-
-def nnunet_command_environment(folders: Dict[str, str]) -> Dict[str, str]:
-    """Environment for running nnU-Net's commands as subprocesses: ``os.environ`` with the given nnU-Net folders,
-    this plugin's trainer folder first on ``nnUNet_extTrainer``, this interpreter's scripts first on ``PATH`` (so the
-    commands of this environment run even when it is not activated) and CPU-sized augmentation workers."""
-    env = dict(os.environ, **folders)
-    ext = [p for p in env.get('nnUNet_extTrainer', '').split(os.pathsep) if p and p != trainer_path()]
-    env['nnUNet_extTrainer'] = os.pathsep.join([trainer_path()] + ext)
-    env['PATH'] = os.pathsep.join([os.path.dirname(sys.executable), env.get('PATH', '')])
-    env.setdefault('nnUNet_n_proc_DA', str(max(1, min(2, os.cpu_count() or 1))))
-    return env
 
 
 @dataclass

@@ -1,45 +1,42 @@
 """Shared fixtures: an isolated nnU-Net environment with a tiny phantom data set, and step timings."""
 import json
 import os
-import subprocess
-import time
 from typing import Dict, List
 
 import pytest
 
-from nnunet_ras.installation import nnunet_command_environment, trainer_path
 from nnunet_ras.phantom import PhantomGeometry, write_phantom_dataset
 from nnunet_ras.service.launch import ServiceProcess
+from nnunet_ras.workspace import Workspace
 
 TINY = PhantomGeometry(shape_zyx=(16, 48, 48), spacing_zyx=(3.0, 0.8, 0.8))
 STEP_TIMES: Dict[str, float] = {}
+# the real data sets next to the repository; tests that read them are marked ``shared_data`` (pytest -m shared_data)
+SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data'))
 
 
-class NnunetWorkspace:
-    """nnUNet_raw / _preprocessed / _results in a temporary folder, and a runner for stock commands."""
+def pytest_configure(config):
+    config.addinivalue_line('markers', f'shared_data: reads the real data sets in ../shared/data ({SHARED_DATA})')
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker('shared_data') is not None and not os.path.isdir(SHARED_DATA):
+        pytest.fail(f"{item.name} reads the real data in {SHARED_DATA}, which is missing: put the shared data "
+                    f"folder (../shared/data, see its README.md) next to the repository, or deselect these tests "
+                    f"with -m 'not shared_data'", pytrace=False)
+
+
+class NnunetWorkspace(Workspace):
+    """A workspace in a temporary folder that sees only this plugin's trainers; ``run`` captures the output and
+    records the wall time of a named ``step``."""
 
     def __init__(self, root):
-        self.root = str(root)
-        folders = {var: os.path.join(self.root, var)
-                   for var in ('nnUNet_raw', 'nnUNet_preprocessed', 'nnUNet_results')}
-        for folder in folders.values():
-            os.makedirs(folder, exist_ok=True)
-        self.env = nnunet_command_environment(folders)
-        self.env['nnUNet_extTrainer'] = trainer_path()  # only this plugin's trainers, whatever the caller has set
-        self.env['nnUNet_n_proc_DA'] = '1'
-        self.env['nnUNet_def_n_proc'] = '2'
-
-    def path(self, var: str, *parts: str) -> str:
-        return os.path.join(self.env[var], *parts)
+        super().__init__(root, trainer_folders=[], nnUNet_n_proc_DA='1', nnUNet_def_n_proc='2')
 
     def run(self, cmd: List[str], step: str = None, check: bool = True, timeout: float = 900):
-        start = time.time()
-        result = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
+        result = super().run(cmd, capture=True, check=check, timeout=timeout)
         if step is not None:
-            STEP_TIMES[step] = time.time() - start
-        if check and result.returncode != 0:
-            raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
-                                 f"{result.stderr[-3000:]}")
+            STEP_TIMES[step] = result.seconds
         return result
 
 

@@ -130,6 +130,7 @@ def test_dilation_grows_into_background_only_and_shift_translates():
     assert np.array_equal(np.argwhere(shifted).mean(0), np.argwhere(dilated).mean(0) + vector)
 
 
+@pytest.mark.shared_data
 def test_jsrt_to_dataset_and_2d_png_corruption(workspace, capsys):
     from nnunetv2.imageio.natural_image_reader_writer import NaturalImage2DIO
     raw = workspace.path('nnUNet_raw')

@@ -15,6 +15,7 @@ from nnunet_ras.dicom.seg import read_dicom_seg, write_dicom_seg
 from nnunet_ras.dicom.series import label_on_series_grid, read_ct_series, scan_folder
 from nnunet_ras.evaluation.metrics import dice
 
+pytestmark = pytest.mark.shared_data
 DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data'))
 LIVER = 5  # TotalSegmentator class of example_seg_dicom.nii.gz
 

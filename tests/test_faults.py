@@ -128,6 +128,7 @@ def test_any_truncation_of_an_uncompressed_nifti_is_detected(small_nifti, tmp_pa
     _refused_when_cut(gzip.decompress(open(small_nifti, 'rb').read()), fraction, tmp_path, '.nii')
 
 
+@pytest.mark.shared_data
 def test_a_real_truncated_hippocampus_case_is_refused_and_the_whole_one_read(tmp_path):
     source = os.path.join(HIPPOCAMPUS, 'imagesTr', 'hippocampus_004_0000.nii.gz')
     if not os.path.isfile(source):

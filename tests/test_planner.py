@@ -51,6 +51,7 @@ def test_ct_plans_follow_the_paper(workspace):
     assert list(overwritten['configurations']['3d_fullres']['spacing']) == [2.0, 0.8, 0.8]
 
 
+@pytest.mark.shared_data
 def test_mri_plans_keep_nnunet_normalisation_and_fit_the_memory_budget(workspace):
     _hippocampus_subset(workspace.env['nnUNet_raw'])
     extract_fingerprint_dataset(992, num_processes=2, verbose=False, show_progress_bar=False)

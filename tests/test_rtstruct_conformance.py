@@ -89,6 +89,7 @@ def test_a_ring_is_one_keyholed_contour_and_a_speck_a_diamond():
     assert np.allclose(sorted(map(tuple, speck)), [(4.5, 5), (5, 4.5), (5, 5.5), (5.5, 5)])
 
 
+@pytest.mark.shared_data
 def test_real_ct_rtstruct_and_seg_conform_and_plastimatch_agrees(real_ct, tmp_path):
     series, liver = real_ct
     structures = cases.target_volumes(series, liver, np.argwhere(liver).mean(axis=0))

@@ -8,14 +8,13 @@ The per-patient report (found, missing, ambiguous and unmapped ROIs, warnings) g
 ``dicom_conversion_report.json`` in the data set folder.
 """
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_ras._io import write_image_atomically, write_json_atomically
+from nnunet_ras._io import link_or_copy, write_image_atomically, write_json_atomically
 from nnunet_ras.dicom import DicomError
 from nnunet_ras.dicom.rtstruct import read_rtstruct, referenced_series_uids
 from nnunet_ras.dicom.series import DicomFolder, load_series, scan_folder
@@ -162,13 +161,6 @@ def _existing_cases(folder: str, label_map: Dict[str, List[str]]) -> List[str]:
                   and not f.startswith('.')) if os.path.isdir(labels_dir) else []
 
 
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def convert_patients(input_folder: str, raw_folder: str, dataset_id: int, name: str,
                      label_map: Dict[str, List[str]], allow_partial_series: bool = False,
                      patients: Optional[Sequence[str]] = None, overwrite: bool = False
@@ -202,7 +194,7 @@ def convert_patients(input_folder: str, raw_folder: str, dataset_id: int, name: 
         os.makedirs(labels_dir)
         for case in existing:
             for sub, file_name in (('imagesTr', f'{case}_0000.nii.gz'), ('labelsTr', f'{case}.nii.gz')):
-                _link_or_copy(os.path.join(existing_folder, sub, file_name), os.path.join(folder, sub, file_name))
+                link_or_copy(os.path.join(existing_folder, sub, file_name), os.path.join(folder, sub, file_name))
         reports = []
         for p in patients:
             if p in existing:

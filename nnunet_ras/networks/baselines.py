@@ -1,57 +1,39 @@
-"""The baselines the papers compare against, built from an nnU-Net plan's topology (seed 000 Table 1, seed 003).
+"""The baselines the papers compare against, built from an nnU-Net plan's topology: SE U-Net and V-Net (Table 1 of
+Zhang et al., see ``ras_unet``) and the 2D-3D hybrid of Xia and Jing's "MR Image Segmentation" (see ``hybrid``).
 
 * ``SEUNet``: nnU-Net's plain U-Net (``PlainConvUNet``) with squeeze-and-excitation after every conv stack.
 * ``ResidualSEUNet``: nnU-Net's residual-encoder U-Net (``ResidualEncoderUNet``) with SE in every residual block
   and after every decoder conv stack.
 * ``VNet``: residual stages of 5x5x5 convs with PReLU, strided-conv down-sampling, transposed-conv up-sampling.
-* ``HybridUNet25D``: seed 003's 2D-3D hybrid: a 2D pre-activation ResNet U-Net that sees slices z-1, z, z+1 and
-  predicts slice z, wrapped as a 3D-in / 3D-out module so nnU-Net's 3D pipeline (sliding window, stock
+* ``HybridUNet25D``: the course project's 2D-3D hybrid: a 2D pre-activation ResNet U-Net that sees slices z-1, z,
+  z+1 and predicts slice z, wrapped as a 3D-in / 3D-out module so nnU-Net's 3D pipeline (sliding window, stock
   ``nnUNetv2_predict``) runs it unchanged.
 
 All return logits, take ``deep_supervision`` like nnU-Net's networks (the hybrid excepted, see its docstring) and
 report ``compute_conv_feature_map_size``. The ``build_*`` functions take a plan's ``arch_kwargs`` as nnU-Net stores
 them (class names as strings), from ``PlainConvUNet`` or ``ResidualEncoderUNet`` plans alike.
 """
-import pydoc
-from typing import List, Optional, Sequence, Type, Union
+from typing import Optional, Sequence, Type, Union
 
 import numpy as np
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
-from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim, get_matching_convtransp
+from dynamic_network_architectures.building_blocks.helper import get_matching_convtransp
 from dynamic_network_architectures.building_blocks.regularization import SqueezeExcite
 from dynamic_network_architectures.building_blocks.residual import BasicBlockD
 from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU, StackedConvBlocks
-from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from nnunet_ras.networks.ras_unet import StagedDecoder, StagedEncoder
+from nnunet_ras.networks.unet_parts import StagedDecoder, StagedEncoder, StagedUNet, locate_plan_classes, per_axis
 
 _PLAIN_UNET_KEYS = ('n_stages', 'features_per_stage', 'conv_op', 'kernel_sizes', 'strides', 'n_conv_per_stage',
                     'n_conv_per_stage_decoder', 'conv_bias', 'norm_op', 'norm_op_kwargs', 'dropout_op',
                     'dropout_op_kwargs', 'nonlin', 'nonlin_kwargs')
-_CLASS_KEYS = ('conv_op', 'norm_op', 'dropout_op', 'nonlin')
-
-
-def _import_classes(arch_kwargs: dict) -> dict:
-    """The plan's kwargs with class names (as nnU-Net stores them) replaced by the classes."""
-    kwargs = dict(arch_kwargs)
-    for key in _CLASS_KEYS:
-        if isinstance(kwargs.get(key), str):
-            located = pydoc.locate(kwargs[key])
-            if located is None:
-                raise ImportError(f"cannot import {kwargs[key]!r} named by the plan's '{key}'")
-            kwargs[key] = located
-    return kwargs
 
 
 def _per_stage(value: Union[int, Sequence], n_stages: int) -> list:
     return [value] * n_stages if np.isscalar(value) else list(value)
-
-
-def _as_list(conv_op: Type[_ConvNd], value: Union[int, Sequence[int]]) -> List[int]:
-    return [int(value)] * convert_conv_op_to_dim(conv_op) if np.isscalar(value) else [int(v) for v in value]
 
 
 def plain_unet_kwargs(arch_kwargs: dict) -> dict:
@@ -60,7 +42,7 @@ def plain_unet_kwargs(arch_kwargs: dict) -> dict:
     A residual-encoder plan gives its blocks per stage as ``n_blocks_per_stage``; a plain stage of two convs stands
     in for each (a basic residual block has two convs).
     """
-    kwargs = _import_classes(arch_kwargs)
+    kwargs = locate_plan_classes(arch_kwargs)
     if 'n_conv_per_stage' not in kwargs:
         kwargs['n_conv_per_stage'] = 2
     missing = [k for k in ('n_stages', 'features_per_stage', 'conv_op', 'kernel_sizes', 'strides') if k not in kwargs]
@@ -95,7 +77,7 @@ def _append_se(stack: StackedConvBlocks, conv_op: Type[_ConvNd], reduction: floa
 
 
 class SEUNet(PlainConvUNet):
-    """nnU-Net's plain U-Net with squeeze-and-excitation (SE U-Net, the baseline of seed 000's Table 1).
+    """nnU-Net's plain U-Net with squeeze-and-excitation (SE U-Net, the baseline of Zhang et al.'s Table 1).
 
     Every encoder and decoder conv stack ends with an SE module that re-weights its channels by a gate computed from
     the globally pooled features. Arguments as ``PlainConvUNet``'s, plus the SE channel ``se_reduction``.
@@ -145,7 +127,7 @@ def build_residual_se_unet(arch_kwargs: dict, input_channels: int, num_classes: 
     convs, as the plain U-Net's stage), so the network stays comparable to nnU-Net's default in size.
     """
     kwargs = plain_unet_kwargs(arch_kwargs)
-    n_blocks = _import_classes(arch_kwargs).get('n_blocks_per_stage', 1)
+    n_blocks = locate_plan_classes(arch_kwargs).get('n_blocks_per_stage', 1)
     del kwargs['n_conv_per_stage']
     network = ResidualSEUNet(input_channels=input_channels, num_classes=num_classes,
                              deep_supervision=deep_supervision, n_blocks_per_stage=n_blocks, **kwargs)
@@ -178,65 +160,39 @@ class ResidualConvStage(nn.Module):
         return maps * self.out_channels * int(np.prod(input_size, dtype=np.int64))
 
 
-class VNetEncoder(StagedEncoder):
+def vnet_encoder(input_channels: int, features_per_stage: Sequence[int], conv_op: Type[_ConvNd],
+                 kernel_sizes: Sequence[Sequence[int]], strides: Sequence[Sequence[int]],
+                 n_conv_per_stage: Sequence[int], conv_bias: bool, norm_op, norm_op_kwargs, nonlin,
+                 nonlin_kwargs) -> StagedEncoder:
     """Per stage: a strided conv (kernel = stride, as V-Net's 2x2x2 down-convolution) into the stage's width where
     the plan pools, then a residual conv stage."""
-
-    def __init__(self, input_channels: int, features_per_stage: Sequence[int], conv_op: Type[_ConvNd],
-                 kernel_sizes: Sequence[Sequence[int]], strides: Sequence[Sequence[int]],
-                 n_conv_per_stage: Sequence[int], conv_bias: bool, norm_op, norm_op_kwargs, nonlin, nonlin_kwargs):
-        super().__init__()
-        self.conv_op, self.output_channels, self.strides = conv_op, list(features_per_stage), strides
-        stages, channels = [], input_channels
-        for features, kernel, stride, n_convs in zip(features_per_stage, kernel_sizes, strides, n_conv_per_stage):
-            layers = []
-            if any(s > 1 for s in stride):
-                layers.append(ConvDropoutNormReLU(conv_op, channels, features, stride, stride, conv_bias, norm_op,
-                                                  norm_op_kwargs, None, None, nonlin, nonlin_kwargs))
-                channels = features
-            layers.append(ResidualConvStage(n_convs, conv_op, channels, features, kernel, conv_bias, norm_op,
-                                            norm_op_kwargs, nonlin, nonlin_kwargs))
-            stages.append(nn.Sequential(*layers))
+    def stage(i: int, channels: int, features: int, stride: Sequence[int]) -> nn.Sequential:
+        layers = []
+        if any(s > 1 for s in stride):
+            layers.append(ConvDropoutNormReLU(conv_op, channels, features, stride, stride, conv_bias, norm_op,
+                                              norm_op_kwargs, None, None, nonlin, nonlin_kwargs))
             channels = features
-        self.stages = nn.ModuleList(stages)
+        layers.append(ResidualConvStage(n_conv_per_stage[i], conv_op, channels, features, kernel_sizes[i], conv_bias,
+                                        norm_op, norm_op_kwargs, nonlin, nonlin_kwargs))
+        return nn.Sequential(*layers)
 
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        size = 0
-        for stage, stride in zip(self.stages, self.strides):
-            input_size = [i // s for i, s in zip(input_size, stride)]
-            size += sum(m.compute_conv_feature_map_size(input_size) for m in stage)
-        return int(size)
+    return StagedEncoder(input_channels, features_per_stage, conv_op, strides, stage)
 
 
-class VNetDecoder(StagedDecoder):
+def vnet_decoder(encoder: StagedEncoder, num_classes: int, n_conv_per_stage: Sequence[int], deep_supervision: bool,
+                 kernel_sizes: Sequence[Sequence[int]], conv_bias: bool, norm_op, norm_op_kwargs, nonlin,
+                 nonlin_kwargs) -> StagedDecoder:
     """Per stage: transposed conv (kernel = stride) to the skip's width, concatenation with the skip, a residual
     conv stage, a 1x1 seg head. ``deep_supervision`` as in nnU-Net's decoders (list, highest resolution first)."""
-
-    def __init__(self, encoder: VNetEncoder, num_classes: int, n_conv_per_stage: Sequence[int],
-                 deep_supervision: bool, kernel_sizes: Sequence[Sequence[int]], conv_bias: bool, norm_op,
-                 norm_op_kwargs, nonlin, nonlin_kwargs):
-        super().__init__()
-        self.deep_supervision = deep_supervision
-        self.encoder_strides = encoder.strides
-        self.num_classes = num_classes
-        transposed_conv = get_matching_convtransp(encoder.conv_op)
-        upsamplers, stages, seg_layers = [], [], []
-        for s in range(len(encoder.output_channels) - 1, 0, -1):
-            below, skip, stride = encoder.output_channels[s], encoder.output_channels[s - 1], encoder.strides[s]
-            upsamplers.append(transposed_conv(below, skip, stride, stride, bias=conv_bias))
-            stages.append(ResidualConvStage(n_conv_per_stage[s - 1], encoder.conv_op, 2 * skip, skip,
-                                            kernel_sizes[s - 1], conv_bias, norm_op, norm_op_kwargs, nonlin,
-                                            nonlin_kwargs))
-            seg_layers.append(encoder.conv_op(skip, num_classes, 1, 1, 0, bias=True))
-        self.upsamplers = nn.ModuleList(upsamplers)
-        self.stages = nn.ModuleList(stages)
-        self.seg_layers = nn.ModuleList(seg_layers)
-
-    def upsample(self, upsampler: nn.Module, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return upsampler(x)  # a transposed conv: the stride gives the skip's size
+    conv_op, transposed_conv = encoder.conv_op, get_matching_convtransp(encoder.conv_op)
+    return StagedDecoder(
+        encoder, num_classes, deep_supervision,
+        lambda below, skip, stride: transposed_conv(below, skip, stride, stride, bias=conv_bias),
+        lambda s, channels, skip: ResidualConvStage(n_conv_per_stage[s], conv_op, channels, skip, kernel_sizes[s],
+                                                    conv_bias, norm_op, norm_op_kwargs, nonlin, nonlin_kwargs))
 
 
-class VNet(nn.Module):
+class VNet(StagedUNet):
     """V-Net (Milletari et al. 2016) on an nnU-Net plan's topology: residual stages of large-kernel convs with PReLU,
     strided-conv down-sampling, transposed-conv up-sampling, skip concatenation.
 
@@ -260,25 +216,14 @@ class VNet(nn.Module):
         super().__init__()
         if np.isscalar(features_per_stage):
             features_per_stage = [features_per_stage * 2 ** i for i in range(n_stages)]
-        kernel_sizes = [_as_list(conv_op, k) for k in _per_stage(kernel_sizes, n_stages)]
-        strides = [_as_list(conv_op, s) for s in _per_stage(strides, n_stages)]
-        self.encoder = VNetEncoder(input_channels, features_per_stage, conv_op, kernel_sizes, strides,
+        kernel_sizes = [per_axis(conv_op, k) for k in _per_stage(kernel_sizes, n_stages)]
+        strides = [per_axis(conv_op, s) for s in _per_stage(strides, n_stages)]
+        self.encoder = vnet_encoder(input_channels, features_per_stage, conv_op, kernel_sizes, strides,
                                    _per_stage(n_conv_per_stage, n_stages), conv_bias, norm_op, norm_op_kwargs,
                                    nonlin, nonlin_kwargs)
-        self.decoder = VNetDecoder(self.encoder, num_classes, _per_stage(n_conv_per_stage_decoder, n_stages - 1),
+        self.decoder = vnet_decoder(self.encoder, num_classes, _per_stage(n_conv_per_stage_decoder, n_stages - 1),
                                    deep_supervision, kernel_sizes, conv_bias, norm_op, norm_op_kwargs, nonlin,
                                    nonlin_kwargs)
-
-    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
-        return self.decoder(self.encoder(x))
-
-    def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
-        return self.encoder.compute_conv_feature_map_size(input_size) + \
-            self.decoder.compute_conv_feature_map_size(input_size)
-
-    @staticmethod
-    def initialize(module: nn.Module) -> None:
-        InitWeights_He(1e-2)(module)
 
 
 VNET_KERNEL = 5
@@ -291,7 +236,7 @@ def build_vnet(arch_kwargs: dict, input_channels: int, num_classes: int, deep_su
     to 5 (a plan's 1, on an anisotropic axis, stays 1, as its 3x3x3 would have)."""
     kwargs = plain_unet_kwargs(arch_kwargs)
     n_stages = kwargs['n_stages']
-    kernel_sizes = [[VNET_KERNEL if k == 3 else k for k in _as_list(kwargs['conv_op'], kernel)]
+    kernel_sizes = [[VNET_KERNEL if k == 3 else k for k in per_axis(kwargs['conv_op'], kernel)]
                     for kernel in _per_stage(kwargs['kernel_sizes'], n_stages)]
     network = VNet(input_channels, num_classes, n_stages, kwargs['features_per_stage'], kwargs['conv_op'],
                    kernel_sizes, kwargs['strides'], n_conv_per_stage, n_conv_per_stage_decoder,

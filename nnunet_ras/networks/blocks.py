@@ -1,4 +1,5 @@
-"""Building blocks of the RAS U-Net (seed 000, SPEC section 1).
+"""Building blocks of the RAS U-Net (Zhang et al., "automatic segmentation of liver-cancer target volumes in CT
+combining separable convolution and attention"; see ``ras_unet``): separable conv, spatial attention, RAS conv.
 
 Every block is parameterised by ``conv_op`` (``nn.Conv2d`` or ``nn.Conv3d``) like the blocks of
 dynamic-network-architectures, and reports ``compute_conv_feature_map_size`` so that nnU-Net's planner can fit

@@ -1,11 +1,11 @@
-"""Seed 003's 2D-3D hybrid (HybridUNetX), wrapped so that nnU-Net's 3D pipeline runs it unchanged.
+"""The 2D-3D hybrid (HybridUNetX) of Xia Z. and Jing D., "MR Image Segmentation" (machine-learning course project,
+Tsinghua University), wrapped so that nnU-Net's 3D pipeline runs it unchanged.
 
 For every slice z of a 3D patch (axis 0, the slice axis after nnU-Net's transpose), slices z-1, z, z+1 (edge slices
 replicated) of every input channel go into a 2D U-Net of pre-activation (ResNet v2) blocks, whose output is slice
 z's logits. The module takes (B, C, D, H, W) and returns (B, K, D, H, W), so nnU-Net's sliding window, its 3d_fullres
 configuration and stock ``nnUNetv2_predict`` treat it as any 3D network.
 """
-import pydoc
 from typing import Sequence, Type
 
 import numpy as np
@@ -14,6 +14,8 @@ from dynamic_network_architectures.building_blocks.helper import convert_conv_op
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 from torch.nn import functional as F
+
+from nnunet_ras.networks.unet_parts import locate_plan_classes
 
 CONTEXT_SLICES = 3  # z-1, z, z+1
 
@@ -113,9 +115,9 @@ class HybridUNet25D(nn.Module):
     Args:
         input_channels: image channels; the 2D U-Net sees ``3 * input_channels`` (slices z-1, z, z+1 of each).
         num_classes: segmentation outputs.
-        features_per_stage: 2D widths (seed 003: 16 base channels, doubling).
+        features_per_stage: 2D widths (the project's: 16 base channels, doubling).
         strides: in-plane pooling stride of each stage, (y, x).
-        bottleneck_blocks: pre-activation blocks at the deepest stage (seed 003: 3).
+        bottleneck_blocks: pre-activation blocks at the deepest stage (the project's: 3).
         norm_op, norm_op_kwargs, nonlin, nonlin_kwargs: 2D norm and nonlin.
     """
 
@@ -153,23 +155,22 @@ class HybridUNet25D(nn.Module):
         InitWeights_He(1e-2)(module)
 
 
-def build_hybrid_unet_25d(arch_kwargs: dict, input_channels: int, num_classes: int, base_features: int = 16,
-                          max_stages: int = 4, bottleneck_blocks: int = 3) -> HybridUNet25D:
+def build_hybrid_unet_25d(arch_kwargs: dict, input_channels: int, num_classes: int, deep_supervision: bool = False,
+                          base_features: int = 16, max_stages: int = 4, bottleneck_blocks: int = 3) -> HybridUNet25D:
     """The hybrid for a 3D plan: the plan's in-plane pooling strides of its first ``max_stages`` stages (so nnU-Net's
-    patch sizes, divisible by them, need no padding), seed 003's widths (16 doubling) and the plan's norm and
-    nonlin in their 2D form."""
-    conv_op = arch_kwargs['conv_op']
-    conv_op = pydoc.locate(conv_op) if isinstance(conv_op, str) else conv_op
+    patch sizes, divisible by them, need no padding), the course project's widths (16 doubling) and the plan's norm
+    and nonlin in their 2D form. ``deep_supervision`` is nnU-Net's flag (``HybridDecoderSwitch``): the hybrid has a
+    single output and refuses to run with it on."""
+    defaults = {'norm_op': 'torch.nn.InstanceNorm3d', 'nonlin': 'torch.nn.LeakyReLU'}
+    arch_kwargs = locate_plan_classes({**arch_kwargs, **{k: v for k, v in defaults.items() if not arch_kwargs.get(k)}})
+    conv_op, norm_op, nonlin = arch_kwargs['conv_op'], arch_kwargs['norm_op'], arch_kwargs['nonlin']
     if convert_conv_op_to_dim(conv_op) != 3:
         raise ValueError("the 2.5D hybrid needs a 3D configuration (it stacks neighbouring slices); "
                          f"this plan's conv_op is {conv_op.__name__}")
     strides = [[int(s) for s in stride[1:]] for stride in arch_kwargs['strides'][:max_stages]]
-    norm_op = arch_kwargs.get('norm_op') or 'torch.nn.InstanceNorm3d'
-    norm_op = pydoc.locate(norm_op) if isinstance(norm_op, str) else norm_op
-    nonlin = arch_kwargs.get('nonlin') or 'torch.nn.LeakyReLU'
-    nonlin = pydoc.locate(nonlin) if isinstance(nonlin, str) else nonlin
     network = HybridUNet25D(input_channels, num_classes, [base_features * 2 ** s for s in range(len(strides))],
                             strides, bottleneck_blocks, _norm_2d(norm_op), arch_kwargs.get('norm_op_kwargs'), nonlin,
                             arch_kwargs.get('nonlin_kwargs'))
+    network.decoder.deep_supervision = deep_supervision
     network.apply(network.initialize)
     return network

@@ -1,11 +1,12 @@
-"""Quality assessment module (QAM) and overfitting control module (OCM) of Pick-and-Learn (seed 002, SPEC section 2).
+"""The quality assessment module (QAM) of Pick-and-Learn (Zhu, Shi and Wu, "Pick-and-Learn: Automatic Quality
+Evaluation for Noisy-Labeled Image Segmentation", MICCAI 2019).
 
-The QAM looks at an image together with a label and returns one raw quality score per sample. Within a batch a
-softmax turns the scores into weights for each sample's segmentation loss, so the QAM learns, through that weighted
-loss, to give less weight to labels that disagree with the image. The OCM bounds the scores with
-``lambda * tanh(x)``, so that after the softmax no sample weighs more than ``e^(2 lambda)`` times another.
+The QAM looks at an image together with a label and returns one raw quality score per sample; how the scores become
+loss weights (the softmax over the batch, the overfitting control module) is ``nnunet_ras.quality.weighting``.
 """
-from typing import Optional, Sequence, Type
+import importlib
+import warnings
+from typing import Sequence, Type
 
 import numpy as np
 import torch
@@ -55,33 +56,13 @@ class QualityAssessmentNet(nn.Module):
         return total
 
 
-def overfitting_control(raw_scores: torch.Tensor, ocm_lambda: Optional[float]) -> torch.Tensor:
-    """The OCM, ``lambda * tanh(x)``; ``ocm_lambda=None`` switches it off (plain QAM)."""
-    return raw_scores if ocm_lambda is None else ocm_lambda * torch.tanh(raw_scores)
+_MOVED = {'one_hot_label': 'label_channels', 'overfitting_control': 'overfitting_control',
+          'quality_weights': 'quality_weights'}
 
 
-def quality_weights(scores: torch.Tensor, judged: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Softmax over the batch, scaled so the weights sum to the batch size (all 1 when the scores are equal).
-
-    ``judged`` (bool per sample) limits the weighting to samples that hold a contour: the others (a patch of pure
-    background) keep weight 1, because their per-sample Dice is poor whatever the label's quality, and the QAM would
-    otherwise learn to down-weight empty patches instead of wrong contours.
-    """
-    if judged is None or bool(judged.all()):
-        return torch.softmax(scores, 0) * scores.shape[0]
-    weights = torch.ones_like(scores)
-    if bool(judged.any()):
-        weights = weights.masked_scatter(judged, torch.softmax(scores[judged], 0) * judged.sum())
-    return weights
-
-
-def one_hot_label(target: torch.Tensor, num_channels: int, has_regions: bool) -> torch.Tensor:
-    """nnU-Net's (B, 1, ...) label map as (B, C, ...) float channels; region targets are already channels.
-
-    Values outside 0..C-1 (the ignore label, which is the largest label and has no channel) give all-zero channels,
-    as ``ranking.label_channels`` does; negative values count as background."""
-    if has_regions:
-        return target.float()
-    onehot = torch.zeros((target.shape[0], num_channels + 1, *target.shape[2:]), device=target.device)
-    return onehot.scatter_(1, target.long().clamp(0, num_channels), 1)[:, :num_channels]
-
+def __getattr__(name: str):
+    """The old names of what moved to ``nnunet_ras.quality.weighting``, deprecated, imported only when asked for."""
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"{__name__}.{name} is now nnunet_ras.quality.weighting.{_MOVED[name]}", DeprecationWarning, 2)
+    return getattr(importlib.import_module('nnunet_ras.quality.weighting'), _MOVED[name])

@@ -29,7 +29,7 @@ def add_noise_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('-name', required=True, help='name of the new data set (DatasetNNN_NAME)')
     p.add_argument('-fraction', type=float, required=True, help='share of training cases to corrupt (0..1)')
     p.add_argument('-radius', type=int, nargs=2, required=True, metavar=('MIN', 'MAX'),
-                   help='inclusive range of the radius in pixels/voxels (seed 002: 1 8 or 5 13)')
+                   help='inclusive range of the radius in pixels/voxels (Zhu H.: 1 8 or 5 13)')
     p.add_argument('-ops', nargs='+', choices=OPERATIONS, default=list(OPERATIONS),
                    help='operations drawn from, per case and label (default: dilate erode)')
     p.add_argument('--shift', action='store_true', help='also translate each corrupted structure by a random '

@@ -1,5 +1,6 @@
 """Label-noise simulator: writes a copy of an nnU-Net raw data set in which a seeded share of the training labels is
-dilated or eroded (optionally also shifted), as in the noisy-label experiment of seed 002.
+dilated or eroded (optionally also shifted), as in the noisy-label experiments of Pick-and-Learn (Zhu, Shi and Wu,
+MICCAI 2019) and of Zhu H.'s thesis.
 
 The conventions (CONVENTIONS below) are written into every manifest, so a data set documents itself.
 """
@@ -12,9 +13,10 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from nnunet_ras._io import declared_label_values, read_image, write_json_atomically
+from nnunet_ras._io import declared_label_values, link_or_copy, read_image, write_json_atomically
 from nnunet_ras.dataset_checks import DatasetError
-from nnunet_ras.noise import new_dataset_folder, raw_folder
+from nnunet_ras.dataset_ids import claim_dataset
+from nnunet_ras.noise import raw_folder
 
 MANIFEST_NAME = 'corruption_manifest.json'
 OPERATIONS = ('dilate', 'erode')
@@ -127,19 +129,11 @@ def _label_values(dataset_json: dict, requested: Optional[Sequence[str]], json_p
     return chosen
 
 
-def _copy(src: str, dst: str) -> None:
-    """Hard link where possible (same file system: no extra disk space), else a byte copy."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def _copy_tree(src: str, dst: str) -> None:
     os.makedirs(dst)
     for name in sorted(os.listdir(src)):
         if os.path.isfile(os.path.join(src, name)):
-            _copy(os.path.join(src, name), os.path.join(dst, name))
+            link_or_copy(os.path.join(src, name), os.path.join(dst, name))
 
 
 def _source_dataset(raw: str, source: str) -> Tuple[str, dict, str]:
@@ -185,7 +179,8 @@ def corrupt_dataset(source: str, new_id: int, new_name: str, fraction: float, ra
                 'conventions': CONVENTIONS.splitlines(),
                 'cases': {}}
     target = os.path.join(raw, f'Dataset{new_id:03d}_{new_name}')
-    with new_dataset_folder(raw, new_id, new_name, overwrite) as tmp:
+    with claim_dataset(raw, new_id, new_name, overwrite) as claim:
+        tmp = claim.work
         for sub in ('imagesTr', 'imagesTs', 'labelsTs'):
             if os.path.isdir(os.path.join(folder, sub)):
                 _copy_tree(os.path.join(folder, sub), os.path.join(tmp, sub))

@@ -1,7 +1,8 @@
-"""JSRT/SCR chest radiographs -> one nnU-Net raw 2D data set per structure (the data of seed 002's experiment).
+"""JSRT/SCR chest radiographs -> one nnU-Net raw 2D data set per structure (the data of Zhu's noisy-label
+experiment, after Pick-and-Learn, MICCAI 2019).
 
 Lungs and heart overlap at their borders, so each structure is its own binary task. All structures share one
-seeded train/test split: seed 002 does not say which split it used, so the default is half/half.
+seeded train/test split: the thesis does not say which split it used, so the default is half/half.
 """
 import math
 import os
@@ -12,7 +13,7 @@ import SimpleITK as sitk
 
 from nnunet_ras._io import read_image, write_json_atomically
 from nnunet_ras.dataset_checks import DatasetError
-from nnunet_ras.noise import check_dataset_id_free, new_dataset_folder
+from nnunet_ras.dataset_ids import check_dataset_id_free, claim_dataset
 
 STRUCTURES = {'lungs': 'JSRTLungs', 'heart': 'JSRTHeart', 'clavicles': 'JSRTClavicles'}  # id offsets 0, 1, 2
 
@@ -75,7 +76,8 @@ def convert_jsrt(input_folder: str, raw: str, first_id: int, structures: Sequenc
     for structure in structures:
         dataset_id = first_id + list(STRUCTURES).index(structure)
         name = STRUCTURES[structure]
-        with new_dataset_folder(raw, dataset_id, name) as tmp:
+        with claim_dataset(raw, dataset_id, name) as claim:
+            tmp = claim.work
             for part, suffix in (('train', 'Tr'), ('test', 'Ts')):
                 os.makedirs(os.path.join(tmp, f'images{suffix}'))
                 os.makedirs(os.path.join(tmp, f'labels{suffix}'))

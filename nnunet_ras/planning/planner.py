@@ -1,4 +1,5 @@
-"""nnUNetPlannerRAS: nnU-Net's experiment planner with the RAS paper's choices (SPEC section 1).
+"""nnUNetPlannerRAS: nnU-Net's experiment planner with the choices of the RAS U-Net paper (Zhang et al., see
+``networks.ras_unet``).
 
 * target spacing for CT: 1 mm in-plane and 3 mm between slices (the slice axis is the one with the coarsest median
   spacing); other modalities keep nnU-Net's choice; ``overwrite_target_spacing`` wins over both;

@@ -18,18 +18,11 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from scipy.stats import mannwhitneyu
 
 from nnunet_ras._io import write_json_atomically, write_text_atomically
-from nnunet_ras.networks.quality import QualityAssessmentNet, overfitting_control
+from nnunet_ras.networks.quality import QualityAssessmentNet
+from nnunet_ras.quality.weighting import case_label_channels, overfitting_control
 
 MANIFEST_NAME = 'corruption_manifest.json'
 RANKING_NAME = 'quality_ranking'
-
-
-def label_channels(seg: np.ndarray, label_manager: LabelManager) -> np.ndarray:
-    """(1, ...) label map -> the channels the QAM saw in training: one-hot, or one channel per region."""
-    seg = seg[0]
-    if label_manager.has_regions:
-        return np.stack([np.isin(seg, region) for region in label_manager.foreground_regions]).astype(np.float32)
-    return np.stack([seg == c for c in range(label_manager.num_segmentation_heads)]).astype(np.float32)
 
 
 @torch.no_grad()
@@ -42,7 +35,7 @@ def score_case(qam: QualityAssessmentNet, ocm_lambda: Optional[float], data: np.
     tile = (1, *patch_size) if two_d else tuple(patch_size)
     pad = [(0, 0)] + [(0, max(0, t - s)) for t, s in zip(tile, data.shape[1:])]
     data, seg = np.pad(data, pad), np.pad(np.where(seg < 0, 0, seg), pad)  # padding is background
-    channels = label_channels(seg, label_manager)
+    channels = case_label_channels(seg, label_manager)
     steps = compute_steps_for_sliding_window(data.shape[1:], tile, 0.5)
     starts = np.stack(np.meshgrid(*steps, indexing='ij'), -1).reshape(-1, len(tile))
     windows = [tuple(slice(s, s + t) for s, t in zip(start, tile)) for start in starts]

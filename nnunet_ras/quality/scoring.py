@@ -18,7 +18,7 @@ from nnunet_ras._io import declared_label_values, read_image
 from nnunet_ras.dataset_checks import DatasetError
 from nnunet_ras.networks.quality import QualityAssessmentNet
 from nnunet_ras.quality.ranking import score_case, write_ranking
-from nnunet_ras.training.quality_weighting import CHECKPOINT_KEY
+from nnunet_ras.quality.weighting import CHECKPOINT_KEY
 
 SCORES_NAME = 'quality_scores'
 

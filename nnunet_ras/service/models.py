@@ -14,6 +14,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from nnunet_ras.dicom.predict import ModelInfo, check_model_folders
+from nnunet_ras.quality.weighting import CHECKPOINT_KEY
 
 CARD_FILE = 'model_card.json'
 NO_INTENDED_USE = (f"not stated by the model's provider (put a {CARD_FILE} with 'intended_use' into the model "
@@ -44,7 +45,6 @@ def cross_validation_dice(model_folder: str, folds: Sequence[str], labels: Dict[
 
 def has_quality_module(model_folder: str, folds: Sequence[str], checkpoint: str) -> bool:
     """Whether the first fold's checkpoint holds a quality assessment module (a QAM trainer's model)."""
-    from nnunet_ras.training.quality_weighting import CHECKPOINT_KEY
     path = os.path.join(model_folder, f'fold_{folds[0]}', checkpoint)
     return CHECKPOINT_KEY in torch.load(path, map_location='cpu', weights_only=False)
 

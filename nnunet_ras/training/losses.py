@@ -1,4 +1,5 @@
-"""Seed 003's losses, as nnU-Net loss modules: logits and nnU-Net's targets in, a scalar out.
+"""The losses of Xia Z. and Jing D., "MR Image Segmentation" (machine-learning course project, Tsinghua University):
+V-Net's squared-denominator Dice and LRDEHL, as nnU-Net loss modules: logits and nnU-Net's targets in, a scalar out.
 
 Targets come as nnU-Net gives them: a label map (B, 1, ...) or, for region training, a one-hot (B, R, ...) tensor.
 Wrap them with ``with_deep_supervision`` for deep-supervision outputs.
@@ -8,6 +9,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.utilities.helpers import softmax_helper_dim1
 from torch import nn
 
 
@@ -20,7 +22,8 @@ def _one_hot(target: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class SquaredDenominatorDiceLoss(nn.Module):
-    """V-Net's Dice loss: 1 - (2 sum(p y) + e) / (sum p^2 + sum y^2 + e), e = 1 (seed 003), mean over classes.
+    """V-Net's Dice loss: 1 - (2 sum(p y) + e) / (sum p^2 + sum y^2 + e), e = 1 (the course project's), mean over
+    classes.
 
     Squaring the denominator's terms makes the gradient push uncertain probabilities to 0 or 1. Sums run over the
     batch and all voxels (``batch_dice``, as the RAS trainer's Dice) or per sample; the background class counts only
@@ -57,7 +60,7 @@ def hard_negative_mask(scores: torch.Tensor, positives: torch.Tensor) -> torch.T
 
 
 class LRDEHLoss(nn.Module):
-    """Label-related dropout element hinge loss (seed 003), for fine-tuning near convergence.
+    """Label-related dropout element hinge loss (the course project's LRDEHL), for fine-tuning near convergence.
 
     Per foreground class over the whole batch: keep every positive voxel and, of the negatives, only the
     highest-scoring ones, as many as there are positives (``hard_negative_mask``); the loss is the mean absolute
@@ -91,3 +94,39 @@ def with_deep_supervision(loss: nn.Module, num_outputs: int) -> DeepSupervisionW
     weights[-1] = 0
     return DeepSupervisionWrapper(loss, weights / weights.sum())
 
+
+class DeepSupervisedLoss:
+    """Mixin for an nnU-Net trainer: the loss is ``_core_loss()`` (the loss of one output), wrapped once by
+    ``with_deep_supervision`` when deep supervision is on. A loss variant overrides ``_core_loss`` only."""
+
+    def _core_loss(self) -> nn.Module:
+        raise NotImplementedError
+
+    def _build_loss(self) -> nn.Module:
+        loss = self._core_loss()
+        if not self.enable_deep_supervision:
+            return loss
+        return with_deep_supervision(loss, len(self._get_deep_supervision_scales()))
+
+    def output_nonlin(self) -> Callable:
+        """Softmax over the classes, or a sigmoid per region for region training, as nnU-Net's losses apply."""
+        return torch.sigmoid if self.label_manager.has_regions else softmax_helper_dim1
+
+    def refuse_ignore_label(self) -> None:
+        """For a loss without ignore-label masking: say so instead of failing inside the one-hot encoding."""
+        if self.label_manager.has_ignore_label:
+            raise NotImplementedError(f"{type(self).__name__}: its loss does not support data sets with an ignore "
+                                      f"label; use nnUNetTrainer's Dice + CE for them")
+
+
+def squared_dice_loss(trainer: DeepSupervisedLoss) -> nn.Module:
+    """``_core_loss`` of V-Net's Dice: over the batch, on softmax (sigmoid for region training) outputs."""
+    trainer.refuse_ignore_label()
+    return SquaredDenominatorDiceLoss(apply_nonlin=trainer.output_nonlin(), batch_dice=True,
+                                      do_bg=trainer.label_manager.has_regions)
+
+
+def lrdeh_loss(trainer: DeepSupervisedLoss) -> nn.Module:
+    """``_core_loss`` of LRDEHL (MAE) on softmax (sigmoid for region training) outputs."""
+    trainer.refuse_ignore_label()
+    return LRDEHLoss(apply_nonlin=trainer.output_nonlin(), do_bg=trainer.label_manager.has_regions)

@@ -1,4 +1,7 @@
-"""Noisy-label training with quality weighting (Pick-and-Learn, seed 002, SPEC section 2) as nnU-Net trainers.
+"""Noisy-label training with quality weighting as nnU-Net trainers: Pick-and-Learn (Zhu, Shi and Wu, "Pick-and-Learn:
+Automatic Quality Evaluation for Noisy-Labeled Image Segmentation", MICCAI 2019), as Zhu H. applies it to
+target-volume delineation ("基于深度学习的靶区自动勾画", deep-learning-based automatic target-volume delineation,
+bachelor thesis, Tsinghua University, 2019).
 
 A quality assessment network (QAM) scores each (image, label) pair of a batch; the optional OCM bounds the score to
 (-lambda, lambda); a softmax over the batch turns scores into weights that sum to the batch size; each sample's
@@ -19,12 +22,10 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 
 from nnunet_ras._io import write_atomically
-from nnunet_ras.networks.quality import (QualityAssessmentNet, one_hot_label, overfitting_control,
-                                         quality_weights)
-from nnunet_ras.training.schedules import SMOKE_TEST, short_schedule
+from nnunet_ras.networks.quality import QualityAssessmentNet
+from nnunet_ras.quality.ranking import write_training_ranking
+from nnunet_ras.quality.weighting import CHECKPOINT_KEY, label_channels, overfitting_control, quality_weights
 from nnunet_ras.training.trainers import nnUNetTrainerRAS
-
-CHECKPOINT_KEY = 'quality_assessment'
 
 
 def _sample(x: Union[torch.Tensor, Sequence[torch.Tensor]], i: int):
@@ -56,13 +57,13 @@ class QualityWeighting:
 
     def quality_scores(self, data: torch.Tensor, full_resolution_target: torch.Tensor) -> torch.Tensor:
         """The QAM's score of each sample, after the OCM."""
-        labels = one_hot_label(full_resolution_target, self.label_manager.num_segmentation_heads,
+        labels = label_channels(full_resolution_target, self.label_manager.num_segmentation_heads,
                                self.label_manager.has_regions)
         return overfitting_control(self.qam(data, labels), self.ocm_lambda)
 
     def holds_contour(self, full_resolution_target: torch.Tensor) -> torch.Tensor:
         """Per sample: does the label hold any foreground (the ignore label does not count)?"""
-        labels = one_hot_label(full_resolution_target, self.label_manager.num_segmentation_heads,
+        labels = label_channels(full_resolution_target, self.label_manager.num_segmentation_heads,
                                self.label_manager.has_regions)
         foreground = labels if self.label_manager.has_regions else labels[:, 1:]
         return foreground.flatten(1).any(1)
@@ -127,7 +128,6 @@ class QualityWeighting:
     def on_train_end(self):
         super().on_train_end()
         if self.local_rank == 0:
-            from nnunet_ras.quality.ranking import write_training_ranking
             write_training_ranking(self)
 
 
@@ -136,7 +136,7 @@ class nnUNetTrainerQAM(QualityWeighting, nnUNetTrainer):
 
 
 class nnUNetTrainerQAM_NoOCM(nnUNetTrainerQAM):
-    """Plain QAM: unbounded scores (the seed's 'QAM' column)."""
+    """Plain QAM: unbounded scores (the thesis's 'QAM' column)."""
     ocm_lambda = None
 
 
@@ -158,6 +158,3 @@ class nnUNetTrainerRASQAM_NoOCM(nnUNetTrainerRASQAM):
     """RAS U-Net with the plain QAM."""
     ocm_lambda = None
 
-
-for _trainer in (nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM, nnUNetTrainerRASQAM, nnUNetTrainerRASQAM_NoOCM):
-    short_schedule(_trainer, *SMOKE_TEST, doc='Smoke-test schedule (tests).')

@@ -1,16 +1,36 @@
 """Short-schedule variants, named the nnU-Net way (``<Trainer>_<N>epochs_<M>iters``), for CPU runs and tests.
 
-nnU-Net's defaults are 1000 epochs of 250 iterations; these finish in seconds to minutes on a CPU. Each variant is
-an ordinary module-level class (made by ``short_schedule``) so that nnU-Net's trainer lookup finds it by name.
+nnU-Net's defaults are 1000 epochs of 250 iterations; these finish in seconds to minutes on a CPU. ``SCHEDULES`` is
+the one table of them (trainer -> its (epochs, iterations) schedules); ``short_schedules`` turns a table into
+ordinary module-level classes of the module that holds the table, so that nnU-Net's trainer lookup finds them by
+name. The benchmarks' schedules are a table of their own, in ``bench/trainers/``.
 """
-from typing import List, Type
+from typing import Dict, List, Sequence, Tuple, Type
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_ras.training.trainers import nnUNetTrainerRAS, nnUNetTrainerRAS_DiceCE
+from nnunet_ras.training.baselines import (nnUNetTrainerHybrid25D, nnUNetTrainerResSEUNet, nnUNetTrainerSEUNet,
+                                           nnUNetTrainerVNet)
+from nnunet_ras.training.quality_weighting import (nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM, nnUNetTrainerRASQAM,
+                                                   nnUNetTrainerRASQAM_NoOCM)
+from nnunet_ras.training.trainers import (nnUNetTrainerRAS, nnUNetTrainerRAS_DiceCE, nnUNetTrainerRAS_LRDEHL,
+                                          nnUNetTrainerRAS_NoAttention, nnUNetTrainerRAS_NoDropout,
+                                          nnUNetTrainerRAS_NoSeparable, nnUNetTrainerRAS_SquaredDice)
 
-__all__: List[str] = []
+Schedule = Tuple[int, int]  # epochs, iterations per epoch
+SMOKE_TEST: Schedule = (1, 5)  # the schedule every trainer's stock train-and-predict test uses
+DEMO: Schedule = (30, 25)  # the demo: about 13 minutes on two CPU cores for the phantom
+
+SCHEDULES: Dict[Type[nnUNetTrainer], List[Schedule]] = {
+    nnUNetTrainer: [SMOKE_TEST],
+    nnUNetTrainerRAS: [SMOKE_TEST, DEMO],
+    **{trainer: [SMOKE_TEST] for trainer in (
+        nnUNetTrainerRAS_DiceCE, nnUNetTrainerRAS_NoAttention, nnUNetTrainerRAS_NoSeparable,
+        nnUNetTrainerRAS_NoDropout, nnUNetTrainerRAS_SquaredDice, nnUNetTrainerRAS_LRDEHL,
+        nnUNetTrainerSEUNet, nnUNetTrainerResSEUNet, nnUNetTrainerVNet, nnUNetTrainerHybrid25D,
+        nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM, nnUNetTrainerRASQAM, nnUNetTrainerRASQAM_NoOCM)},
+}
 
 
 class ShortSchedule:
@@ -26,22 +46,21 @@ class ShortSchedule:
         self.num_val_iterations_per_epoch = max(1, self.iterations // 5)
 
 
-def short_schedule(trainer: Type[nnUNetTrainer], epochs: int, iterations: int, doc: str = None) -> Type[nnUNetTrainer]:
-    """Define ``<trainer>_<epochs>epochs_<iterations>iters`` in this module and export it."""
-    name = f"{trainer.__name__}_{epochs}epoch{'s' if epochs > 1 else ''}_{iterations}iters"
-    cls = type(name, (ShortSchedule, trainer), {
-        'epochs': epochs, 'iterations': iterations, '__module__': __name__, '__qualname__': name,
-        '__doc__': doc or f'{trainer.__name__} for {epochs} epochs of {iterations} iterations.'})
-    globals()[name] = cls
-    __all__.append(name)
-    return cls
+def short_schedules(table: Dict[Type[nnUNetTrainer], Sequence[Schedule]], module: str) -> Dict[str, type]:
+    """``<trainer>_<epochs>epochs_<iterations>iters`` for every schedule of every trainer of ``table``, as classes
+    of ``module`` (name -> class); the module puts them into its own namespace."""
+    classes = {}
+    for trainer, schedules in table.items():
+        for epochs, iterations in schedules:
+            name = f"{trainer.__name__}_{epochs}epoch{'s' if epochs > 1 else ''}_{iterations}iters"
+            classes[name] = type(name, (ShortSchedule, trainer), {
+                'epochs': epochs, 'iterations': iterations, '__module__': module, '__qualname__': name,
+                '__doc__': f'{trainer.__name__} for {epochs} epochs of {iterations} iterations.'})
+    return classes
 
 
-SMOKE_TEST = (1, 5)  # the schedule every trainer's stock train-and-predict test uses
-
-for _trainer in (nnUNetTrainer, nnUNetTrainerRAS, nnUNetTrainerRAS_DiceCE):
-    short_schedule(_trainer, *SMOKE_TEST, doc='Smoke-test schedule (tests, installation checks).')
-short_schedule(nnUNetTrainerRAS, 30, 25, doc='The demo schedule: about 13 minutes on two CPU cores for the phantom.')
+_CLASSES = short_schedules(SCHEDULES, __name__)
+globals().update(_CLASSES)
 
 
 class nnUNetTrainerRAS_2epochs_5iters(ShortSchedule, nnUNetTrainerRAS):
@@ -54,4 +73,4 @@ class nnUNetTrainerRAS_2epochs_5iters(ShortSchedule, nnUNetTrainerRAS):
         self.save_every = 1
 
 
-__all__.append('nnUNetTrainerRAS_2epochs_5iters')
+__all__ = [*_CLASSES, 'nnUNetTrainerRAS_2epochs_5iters']
