@@ -5,7 +5,6 @@ files it returns are read back with libraries the service does not use to write 
 """
 import gzip
 import io
-import json
 import os
 import shutil
 import time
@@ -62,7 +61,9 @@ def job_folders(server) -> set:
 def test_dicom_zip_job_runs_and_its_rtstruct_matches_the_label_map(service, tmp_path):
     from rt_utils import RTStructBuilder
     api = client(service)
-    assert api.get('/api/me').json() == {'name': 'admin', 'role': 'admin'}
+    me = api.get('/api/me')
+    assert me.json() == {'name': 'admin', 'role': 'admin'}
+    assert me.headers['x-frame-options'] == 'DENY' and me.headers['x-content-type-options'] == 'nosniff'
     card = api.get('/api/model').json()
     assert card['warning'].startswith('NOT FOR CLINICAL USE') and card['labels'] == {'liver': 1, 'tumour': 2}
     assert card['has_quality'] and card['roi_names'] == {'liver': 'Liver', 'tumour': 'GTV'}

@@ -290,6 +290,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return FileResponse(temporary, media_type='application/gzip', filename=f"{entry['name']}.nii.gz",
                             background=BackgroundTask(os.remove, temporary))
 
+    @app.middleware('http')
+    async def security_headers(request: Request, call_next):
+        """No MIME sniffing of downloads, no framing of the page (clickjacking), no token-bearing referrers."""
+        response = await call_next(request)
+        response.headers.update({'X-Content-Type-Options': 'nosniff', 'X-Frame-Options': 'DENY',
+                                 'Referrer-Policy': 'no-referrer', 'Cache-Control': 'no-store'})
+        return response
+
     @app.exception_handler(UserInputError)
     def user_input_error(request: Request, error: UserInputError) -> JSONResponse:
         return JSONResponse({'detail': str(error)}, status_code=getattr(error, 'status', 422))

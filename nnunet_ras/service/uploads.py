@@ -15,8 +15,6 @@ import zipfile
 from dataclasses import dataclass
 from typing import BinaryIO, List, Optional, Sequence, Tuple
 
-import SimpleITK as sitk
-
 from nnunet_ras._io import read_image, write_image_atomically
 from nnunet_ras.dicom.predict import ModelInfo, check_input
 from nnunet_ras.errors import UserInputError
@@ -217,10 +215,3 @@ def _store(files: Sequence[Tuple[str, BinaryIO]], folder: str, model: ModelInfo,
     return StoredInput('dicom', shown, dicom_folder, view_path, series.text('PatientID') or None,
                        [_explain(w, folder, shown) for w in warnings])
 
-
-def image_size(path: str) -> Tuple[int, ...]:
-    """The size of a stored image, read from its header only."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    reader.ReadImageInformation()
-    return reader.GetSize()
