@@ -295,7 +295,9 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         """No MIME sniffing of downloads, no framing of the page (clickjacking), no token-bearing referrers."""
         response = await call_next(request)
         response.headers.update({'X-Content-Type-Options': 'nosniff', 'X-Frame-Options': 'DENY',
-                                 'Referrer-Policy': 'no-referrer', 'Cache-Control': 'no-store'})
+                                 'Referrer-Policy': 'no-referrer'})
+        if request.url.path.startswith('/api/'):  # patient data stays out of shared caches
+            response.headers['Cache-Control'] = 'no-store'
         return response
 
     @app.exception_handler(UserInputError)
