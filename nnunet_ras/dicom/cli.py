@@ -111,8 +111,8 @@ def _dicom_phantom(args) -> int:
 
 def add_model_arguments(p: argparse.ArgumentParser, default: str = '') -> None:
     """The options that name a trained model (read by ``_model_folders``), as nnUNetv2_predict has them."""
-    p.add_argument('-m', nargs='+', default=None, help='trained model folder(s) (Trainer__Plans__Configuration); '
-                                                       'several are ensembled' + default)
+    p.add_argument('-m', '--model', dest='m', nargs='+', default=None,
+                   help='trained model folder(s) (Trainer__Plans__Configuration); several are ensembled' + default)
     p.add_argument('-d', default=None, help='dataset name or ID, instead of -m')
     p.add_argument('-tr', default='nnUNetTrainer', help='trainer (with -d)')
     p.add_argument('-c', default='3d_fullres', help='configuration (with -d)')
