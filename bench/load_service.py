@@ -12,6 +12,7 @@ configuration; everything it starts (servers, workers, redis-server) is stopped 
 The default model is the one ``make demo`` trains. Run it alone on the machine.
 """
 import argparse
+import datetime
 import hashlib
 import json
 import os
@@ -21,7 +22,6 @@ import sys
 import tempfile
 import threading
 import time
-import zipfile
 
 import httpx
 import numpy as np
@@ -32,7 +32,7 @@ sys.path.insert(0, ROOT)
 
 from nnunet_ras.demo import demo_model_folder  # noqa: E402
 from nnunet_ras.dicom.phantom import write_phantom_patients  # noqa: E402
-from nnunet_ras.service.launch import ServiceProcess, free_port  # noqa: E402
+from nnunet_ras.service.launch import ServiceProcess, free_port, zip_folder  # noqa: E402
 from nnunet_ras.workspace import Workspace  # noqa: E402
 
 MARGINS = ['CTV=GTV+5@Liver', 'PTV=CTV+5']
@@ -119,8 +119,18 @@ def run_clients(url: str, token: str, zips: list, expected: list, jobs: int, cli
             'errors': sorted({r['error'] for r in results if r.get('error')})[:5]}
 
 
+def stop_all(processes: list) -> None:
+    """Stops what a configuration started (servers, workers, redis-server), last started first, and forgets it."""
+    while processes:
+        p = processes.pop()
+        if isinstance(p, ServiceProcess):
+            p.stop()
+        else:
+            p.terminate()
+            p.wait(30)
+
+
 def _seconds(iso: str) -> float:
-    import datetime
     return datetime.datetime.fromisoformat(iso).timestamp()
 
 
@@ -145,12 +155,7 @@ def main() -> int:
     try:
         patients = write_phantom_patients(os.path.join(work, 'patients'), args.inputs, seed=21, with_rtstruct=False)
         cts = [os.path.join(p, 'CT') for p in patients]
-        zips = []
-        for i, ct in enumerate(cts):
-            zips.append(os.path.join(work, f'ct{i}.zip'))
-            with zipfile.ZipFile(zips[-1], 'w', zipfile.ZIP_DEFLATED) as z:
-                for name in sorted(os.listdir(ct)):
-                    z.write(os.path.join(ct, name), name)
+        zips = [zip_folder(ct, os.path.join(work, f'ct{i}.zip')) for i, ct in enumerate(cts)]
         expected = reference_digests(model, cts, env, work)
         rows = {}
         for config in args.configs:
@@ -172,9 +177,7 @@ def main() -> int:
                         stdout=open(os.path.join(work, f'worker{i}.log'), 'w'), stderr=subprocess.STDOUT))
             rows[config] = run_clients(server.url, server.token, zips, expected, args.jobs, args.clients,
                                        args.timeout_s, work)
-            for p in reversed(processes):
-                p.stop() if isinstance(p, ServiceProcess) else (p.terminate(), p.wait(30))
-            processes = []
+            stop_all(processes)
         with open(os.path.join(args.out, 'load_service.json'), 'w') as f:
             json.dump(rows, f, indent=2)
         print(f"\n{args.jobs} jobs from {args.clients} clients, {args.inputs} phantom CTs (DICOM zip, "
@@ -192,8 +195,7 @@ def main() -> int:
         bad = sum(r['lost'] + r['failed'] + r['wrong'] for r in rows.values())
         return 1 if bad else 0
     finally:
-        for p in reversed(processes):
-            p.stop() if isinstance(p, ServiceProcess) else (p.terminate(), p.wait(30))
+        stop_all(processes)
         shutil.rmtree(work, ignore_errors=True)
 
 

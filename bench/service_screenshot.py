@@ -10,7 +10,6 @@ import argparse
 import os
 import sys
 import tempfile
-import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -18,7 +17,7 @@ sys.path.insert(0, os.path.join(ROOT, 'tests'))
 
 from nnunet_ras.demo import demo_model_folder  # noqa: E402
 from nnunet_ras.dicom.phantom import write_phantom_patients  # noqa: E402
-from nnunet_ras.service.launch import ServiceProcess  # noqa: E402
+from nnunet_ras.service.launch import ServiceProcess, zip_folder  # noqa: E402
 from nnunet_ras.workspace import Workspace  # noqa: E402
 from test_service_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402  (the flags that give WebGL2 on the CPU)
 
@@ -33,10 +32,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as work:
         ct = os.path.join(write_phantom_patients(os.path.join(work, 'dicom'), 1, seed=42, with_rtstruct=False)[0],
                           'CT')
-        archive = os.path.join(work, 'ct.zip')
-        with zipfile.ZipFile(archive, 'w') as z:
-            for name in sorted(os.listdir(ct)):
-                z.write(os.path.join(ct, name), name)
+        archive = zip_folder(ct, os.path.join(work, 'ct.zip'))
         server = ServiceProcess(Workspace(work).env, os.path.join(work, 'data'), model,
                                 '--roi_names', 'liver=Liver', 'tumour=GTV').start()
         try:

@@ -6,7 +6,7 @@ from typing import Dict, List
 import pytest
 
 from nnunet_ras.phantom import PhantomGeometry, write_phantom_dataset
-from nnunet_ras.service.launch import ServiceProcess
+from nnunet_ras.service.launch import ServiceProcess, zip_folder
 from nnunet_ras.workspace import Workspace
 
 TINY = PhantomGeometry(shape_zyx=(16, 48, 48), spacing_zyx=(3.0, 0.8, 0.8))
@@ -72,14 +72,6 @@ def pytest_terminal_summary(terminalreporter):
 SERVICE_TRAINER = 'nnUNetTrainerRASQAM_1epoch_5iters'  # a QAM trainer: jobs get a contour quality score
 SERVICE_CARD = {'intended_use': 'tests of the contouring service', 'warning': 'NOT FOR CLINICAL USE: test model',
                 'roi_names': {'liver': 'Liver', 'tumour': 'GTV'}}
-
-
-def zip_folder(folder: str, target: str) -> str:
-    import zipfile
-    with zipfile.ZipFile(target, 'w', zipfile.ZIP_DEFLATED) as archive:
-        for name in sorted(os.listdir(folder)):
-            archive.write(os.path.join(folder, name), name)
-    return target
 
 
 @pytest.fixture(scope='session')

@@ -20,8 +20,7 @@ from nnunet_ras.dicom.readers import plastimatch_masks
 from nnunet_ras.dicom.series import label_on_series_grid, read_ct_series
 from nnunet_ras.evaluation.metrics import dice
 from nnunet_ras.service.store import Store
-from conftest import zip_folder
-from nnunet_ras.service.launch import ServiceProcess, free_port
+from nnunet_ras.service.launch import ServiceProcess, free_port, zip_folder
 
 pytestmark = pytest.mark.e2e
 

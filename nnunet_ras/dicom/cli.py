@@ -56,7 +56,8 @@ def _dicom_to_dataset(args) -> int:
     return 0
 
 
-def _model_folders(args) -> list:
+def model_folders(args) -> list:
+    """The model folder(s) that ``add_model_arguments``' options name: -m as given, or -d/-tr/-p/-c resolved."""
     if args.m:
         return args.m
     if args.d is None:
@@ -84,7 +85,7 @@ def _predict(args) -> int:
     device = check_device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     cleanup = Cleanup(args.postprocessing, parse_min_island(parse_pairs(args.min_island_cc, '--min_island_cc')),
                       args.fill_holes)
-    report = predict_case(args.i, args.o, _model_folders(args), args.f, args.chk, device,
+    report = predict_case(args.i, args.o, model_folders(args), args.f, args.chk, device,
                           not args.disable_tta, parse_style(args.roi_names, args.roi_colors, args.roi_types),
                           [parse_margin(m) for m in args.margin], args.series_uid, args.allow_missing_identity,
                           cleanup, args.overwrite)
@@ -110,7 +111,7 @@ def _dicom_phantom(args) -> int:
 
 
 def add_model_arguments(p: argparse.ArgumentParser, default: str = '') -> None:
-    """The options that name a trained model (read by ``_model_folders``), as nnUNetv2_predict has them."""
+    """The options that name a trained model (read by ``model_folders``), as nnUNetv2_predict has them."""
     p.add_argument('-m', '--model', dest='m', nargs='+', default=None,
                    help='trained model folder(s) (Trainer__Plans__Configuration); several are ensembled' + default)
     p.add_argument('-d', default=None, help='dataset name or ID, instead of -m')

@@ -5,6 +5,7 @@ a user sees only their own jobs (another user's job id answers 404, as an unknow
 Prediction never runs in a request: a submission is stored, checked and queued, and a worker runs it.
 """
 import datetime
+import functools
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
 from nnunet_ras._io import read_image
 from nnunet_ras.dicom.margins import check_margins, parse_margin
@@ -60,6 +62,13 @@ class MarginsRequest(BaseModel):
 
 def _iso(t: Optional[float]) -> Optional[str]:
     return None if t is None else datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec='seconds')
+
+
+@functools.lru_cache(maxsize=512)
+def _read_report(path: str, mtime_ns: int) -> dict:
+    """A job's report, parsed once per version of the file (callers must not change it)."""
+    with open(path) as f:
+        return json.load(f)
 
 
 def _parse_margins(specs: List[str], structures: List[str]) -> List[str]:
@@ -118,14 +127,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         return job
 
     def report(job: Job) -> Optional[dict]:
+        """The finished job's report (None when there is none); the page polls every job each second, so the parsed
+        file is kept until it changes."""
         folder = result_folder(settings.queue.data_folder, job.id)
-        if not os.path.isdir(folder):
-            return None
-        names = [n for n in os.listdir(folder) if n.endswith('_report.json')]
+        names = [n for n in os.listdir(folder) if n.endswith('_report.json')] if os.path.isdir(folder) else []
         if len(names) != 1:
             return None
-        with open(os.path.join(folder, names[0])) as f:
-            return json.load(f)
+        path = os.path.join(folder, names[0])
+        return _read_report(path, os.stat(path).st_mtime_ns)
 
     def view(job: Job) -> dict:
         base = f'/api/jobs/{job.id}'
@@ -133,7 +142,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         found = report(job) if done else None
         structures = []
         for index, s in enumerate((found or {}).get('structures', [])):
-            color = settings.roi_colors.get(s['name']) or s.get('color') or PALETTE[index % len(PALETTE)]
+            color = s.get('color') or PALETTE[index % len(PALETTE)]  # the job's own colours (--roi_colors applied)
             structures.append({'name': s['name'], 'type': s['type'], 'color': list(color),
                                'volume_cc': found['volumes_cc'].get(s['name']),
                                'url': f'{base}/structures/{index}.nii.gz'})
@@ -185,7 +194,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             folder = os.path.join(job_folder(settings.queue.data_folder, job_id), 'input')
             os.makedirs(os.path.dirname(folder))
             try:
-                stored = store_upload(uploads, folder, model, settings.limits)
+                # reading a DICOM series takes seconds: off the event loop, so other requests are answered meanwhile
+                stored = await run_in_threadpool(store_upload, uploads, folder, model, settings.limits)
             except BaseException:
                 shutil.rmtree(os.path.dirname(folder), ignore_errors=True)
                 raise
@@ -221,19 +231,23 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     @app.post('/api/jobs/{job_id}/margins', status_code=202,
               summary='re-apply margins to a finished job\'s label map (the network does not run again)')
     def remargin(body: MarginsRequest, job: Job = Depends(own_job), who: User = Depends(user)) -> dict:
-        if job.state != 'done' or job.task not in ('predict', 'margins') or report(job) is None:
+        found = report(job) if job.state == 'done' else None
+        if found is None:
             raise HTTPException(409, f'job {job.id} is {job.state}; margins can be re-applied to a finished job')
-        margins = _parse_margins(body.margins, list(report(job)['labels']))
+        margins = _parse_margins(body.margins, list(found['labels']))
         if not store.requeue(job.id, 'margins', 'queued (new margins)', {**job.params, 'margins': margins}):
             raise HTTPException(409, f'job {job.id} is not finished')
         store.log(who.name, 'margins re-applied', job.id, '; '.join(margins))
         queue.enqueue(job.id)
         return view(store.job(job.id))
 
-    def _result_file(job: Job, name: str) -> str:
-        if job.state != 'done':
+    def finished_report(job: Job) -> dict:
+        found = report(job) if job.state == 'done' else None
+        if found is None:
             raise HTTPException(409, f'job {job.id} is {job.state}; its results are not ready')
-        found = report(job)
+        return found
+
+    def _result_file(job: Job, name: str, found: dict) -> str:
         path = os.path.join(result_folder(settings.queue.data_folder, job.id),
                             DOWNLOADS[name].format(case=found['case']))
         if not os.path.isfile(path):
@@ -248,20 +262,20 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             return FileResponse(job.params['view'], filename=f'{job.id}_image.nii.gz',
                                 media_type='application/gzip')
         if name in DOWNLOADS:
-            path = _result_file(job, name)
+            path = _result_file(job, name, finished_report(job))
             store.log(who.name, f'downloaded {name}', job.id)
             return FileResponse(path, filename=os.path.basename(path), media_type=(
                 'application/dicom' if name.endswith('.dcm') else 'application/json' if name.endswith('.json')
                 else 'application/gzip'))
         if name == 'results.zip':
+            found = finished_report(job)
             paths = []
             for item in DOWNLOADS:
                 try:
-                    paths.append(_result_file(job, item))
+                    paths.append(_result_file(job, item, found))
                 except HTTPException as e:
                     if e.status_code != 404:
                         raise
-            found = report(job)
             paths += [os.path.join(result_folder(settings.queue.data_folder, job.id), s['file'])
                       for s in found['structures'] if s['name'] not in found['labels']]
             handle, temporary = tempfile.mkstemp(suffix='.zip', dir=job_folder(settings.queue.data_folder, job.id))
@@ -275,9 +289,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @app.get('/api/jobs/{job_id}/structures/{index}.nii.gz', summary='one structure as a 0/1 mask on the image grid')
     def structure(index: int, job: Job = Depends(own_job)) -> Response:
-        if job.state != 'done':
-            raise HTTPException(409, f'job {job.id} is {job.state}; its structures are not ready')
-        found = report(job)
+        found = finished_report(job)
         if not 0 <= index < len(found['structures']):
             raise HTTPException(404, f'job {job.id} has no structure {index}')
         entry = found['structures'][index]

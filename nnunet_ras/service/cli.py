@@ -39,8 +39,8 @@ def _served_model(args):
     """(model folders, card defaults): -m / -d as for predict, else the model that ``make demo`` trains."""
     from nnunet_ras.demo import DEMO_MODEL_CARD, demo_model_folder
     if args.m or args.d is not None:
-        from nnunet_ras.dicom.cli import _model_folders
-        return _model_folders(args), {}
+        from nnunet_ras.dicom.cli import model_folders
+        return model_folders(args), {}
     folder = demo_model_folder()
     if not os.path.isfile(os.path.join(folder, 'fold_0', 'checkpoint_final.pth')):
         raise UserInputError(f"no model given (-m MODEL_FOLDER ...) and the demo's model is not at {folder}: run "

@@ -77,15 +77,20 @@ class _Runner:
             raise JobGone(self.job.id)
         if stage != self.stage or now - self.last_write > 0.5:
             if stage != self.stage:
-                if self.stage is not None:
-                    self.timings[self.stage] = round(self.timings.get(self.stage, 0) + now - self.stage_start, 2)
-                self.stage, self.stage_start = stage, now
+                self._close_stage(now)
+                self.stage = stage
             message = f"predicting: {100 * fraction:.0f} % of tiles" if stage == 'predicting' else stage
             if not self.store.update_running(self.job, state=stage, progress=fraction, message=message,
                                              timings=self.timings):
                 self.gone = True
                 raise JobGone(self.job.id)
             self.last_write = now
+
+    def _close_stage(self, now: float) -> None:
+        """Adds the time since the current stage began to its timing; the next stage begins now."""
+        if self.stage is not None:
+            self.timings[self.stage] = round(self.timings.get(self.stage, 0) + now - self.stage_start, 2)
+        self.stage_start = now
 
     def run(self) -> None:
         job, params = self.job, self.job.params
@@ -111,7 +116,7 @@ class _Runner:
                                                     **self.settings.extra_report})
             quality = self._quality(report) if job.task == 'predict' and params.get('has_quality') else None
             self.progress('exporting', 1.0)
-            self.timings[self.stage] = round(self.timings.get(self.stage, 0) + time.time() - self.stage_start, 2)
+            self._close_stage(time.time())
             self.timings['total'] = round(time.time() - start, 2)
             if not self.store.finish(job, 'done', 'done', quality=quality, timings=self.timings):
                 raise JobGone(job.id)
@@ -165,11 +170,10 @@ class JobQueue:
         else:
             self.huey = SqliteHuey('nnunet_ras', filename=os.path.join(settings.data_folder, 'queue.sqlite3'),
                                    results=False)
-        store_, settings_ = self.store, settings
 
         @self.huey.task(name='nnunet_ras.run_job')
         def run(job_id: str) -> None:
-            run_job(store_, settings_, job_id)
+            run_job(self.store, settings, job_id)
 
         self._task = run
 

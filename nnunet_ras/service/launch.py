@@ -1,10 +1,12 @@
-"""Starting ``nnunet-ras serve`` in a subprocess on a free loopback port: for the tests and the load benchmark."""
+"""Starting ``nnunet-ras serve`` in a subprocess on a free loopback port, and zipping a DICOM series the way a user
+uploads it: for the tests and the benchmarks."""
 import os
 import re
 import socket
 import subprocess
 import time
 import urllib.request
+import zipfile
 from typing import Dict, Optional
 
 
@@ -12,6 +14,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
+
+
+def zip_folder(folder: str, target: str) -> str:
+    """The files of ``folder`` (a DICOM series) as the zip ``target``; returns ``target``."""
+    with zipfile.ZipFile(target, 'w', zipfile.ZIP_DEFLATED) as archive:
+        for name in sorted(os.listdir(folder)):
+            archive.write(os.path.join(folder, name), name)
+    return target
 
 
 class ServiceProcess:
