@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages the tests run against: independent DICOM readers (dicom3tools' dciodvfy, plastimatch), the Redis
-# server of the service's scale-out queue and the Chromium of its browser test
-DEBIAN_PACKAGES := dicom3tools plastimatch redis-server chromium
-DEBIAN_COMMANDS := dciodvfy plastimatch redis-server chromium
+# server of the service's scale-out queue, the Chromium of its browser test and the Orthanc PACS of the DICOM node's
+# tests (Orthanc lives in /usr/sbin)
+DEBIAN_PACKAGES := dicom3tools plastimatch redis-server chromium orthanc
+DEBIAN_COMMANDS := dciodvfy plastimatch redis-server chromium Orthanc
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(BIN)/nnunet-ras: pyproject.toml
@@ -25,7 +26,7 @@ $(NIIVUE): web/package.json web/package-lock.json $(BIN)/nnunet-ras
 install: $(BIN)/nnunet-ras $(NIIVUE) system-packages
 
 system-packages:
-	@for c in $(DEBIAN_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
+	@for c in $(DEBIAN_COMMANDS); do PATH="$$PATH:/usr/sbin" command -v $$c >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages: $(DEBIAN_PACKAGES)"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \

@@ -26,11 +26,11 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from nnunet_ras._io import read_image
-from nnunet_ras.dicom.margins import check_margins, parse_margin
-from nnunet_ras.dicom.predict import check_model_folders
 from nnunet_ras.errors import UserInputError
+from nnunet_ras.service.dicom_node import DicomNode, NodeSettings
+from nnunet_ras.service.models import ServedModel, checked_margin_specs
 from nnunet_ras.service.jobs import JobQueue, QueueSettings, Recovery, job_folder, result_folder
-from nnunet_ras.service.store import Job, Store, User, new_job_id
+from nnunet_ras.service.store import Job, Store, User, new_delivery, new_job_id
 from nnunet_ras.service.uploads import Limits, UploadRefused, store_upload
 
 log = logging.getLogger('nnunet_ras.service')
@@ -44,16 +44,10 @@ DOWNLOADS = {'labels.nii.gz': '{case}.nii.gz', 'RTSTRUCT.dcm': '{case}_RTSTRUCT.
 @dataclass
 class ServiceSettings:
     queue: QueueSettings
-    models: List[str]
-    folds: Optional[List[str]] = None
-    checkpoint: str = 'checkpoint_final.pth'
-    use_mirroring: bool = True
-    postprocessing: str = 'auto'
-    roi_names: Dict[str, str] = field(default_factory=dict)
-    roi_colors: Dict[str, List[int]] = field(default_factory=dict)
+    model: ServedModel
     limits: Limits = field(default_factory=Limits)
-    card: dict = field(default_factory=dict)
     in_process_worker: bool = True
+    dicom: Optional[NodeSettings] = None  # also run the DICOM node (serve --dicom_port)
 
 
 class MarginsRequest(BaseModel):
@@ -71,15 +65,23 @@ def _read_report(path: str, mtime_ns: int) -> dict:
         return json.load(f)
 
 
-def _parse_margins(specs: List[str], structures: List[str]) -> List[str]:
-    """Checks margin specs (``CTV=GTV+5@Liver``) against the structures they grow from; returns them cleaned, without
-    empty lines. A bad spec is a 422 now, not a failed job later."""
-    specs = [s.strip() for s in specs if s and s.strip()]
+def _checked_margins(specs: List[str], structures: List[str]) -> List[str]:
+    """A bad margin spec is a 422 now, not a failed job later."""
     try:
-        check_margins([parse_margin(spec) for spec in specs], structures)
+        return checked_margin_specs(specs, structures)
     except UserInputError as e:
         raise HTTPException(422, str(e)) from None
-    return specs
+
+
+def _delivery_view(job: Job) -> Optional[dict]:
+    """Where a DICOM node's job sends its results, and how far that got."""
+    if not job.params.get('deliver'):
+        return None
+    delivery = job.delivery or {'state': 'waiting for the job', 'attempts': 0, 'error': None, 'sent': []}
+    return {'state': delivery['state'], 'attempts': delivery['attempts'], 'error': delivery.get('error'),
+            'next_try': _iso(delivery.get('next')) if delivery['state'] == 'pending' else None,
+            'destinations': [{**peer, 'sent': peer['name'] in delivery['sent']} for peer in job.params['deliver']],
+            'seg': bool(job.params.get('send_seg'))}
 
 
 def create_app(settings: ServiceSettings) -> FastAPI:
@@ -87,13 +89,12 @@ def create_app(settings: ServiceSettings) -> FastAPI:
     in-process worker."""
     store = Store(settings.queue.data_folder)
     queue = JobQueue(settings.queue, store)
-    model = check_model_folders(settings.models, settings.folds, settings.checkpoint)
+    model = settings.model
     app = FastAPI(title='nnunet-ras contouring service', version='1', docs_url=None, redoc_url=None,
                   description='Upload a CT, follow the job, review and download the contours (RTSTRUCT, SEG, '
                               'NIfTI). Every call needs an API token in the Authorization header.')
     bearer = HTTPBearer(auto_error=False, description='the token that `nnunet-ras serve-admin add-user` printed')
     running = {}
-    structures = [settings.roi_names.get(label, label) for label in model.labels if label != 'background']
 
     @app.on_event('startup')
     def start() -> None:
@@ -104,9 +105,13 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             consumer = queue.consumer()
             consumer.start()
             running['consumer'] = consumer
+        if settings.dicom is not None:
+            running['dicom'] = DicomNode(settings.dicom, store, queue).start()
 
     @app.on_event('shutdown')
     def stop() -> None:
+        if 'dicom' in running:
+            running['dicom'].stop()
         if 'recovery' in running:
             running['recovery'].stopped.set()
         if 'consumer' in running:
@@ -146,7 +151,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             structures.append({'name': s['name'], 'type': s['type'], 'color': list(color),
                                'volume_cc': found['volumes_cc'].get(s['name']),
                                'url': f'{base}/structures/{index}.nii.gz'})
-        files = {'image': f'{base}/files/image.nii.gz', 'labels': None, 'report': None, 'rtstruct': None,
+        files = {'image': f'{base}/files/image.nii.gz' if job.params.get('view') else None, 'labels': None, 'report': None, 'rtstruct': None,
                  'seg': None, 'zip': None}
         if found:
             case = found['case']
@@ -162,7 +167,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                 'source': job.source, 'attempts': job.attempts, 'timings_s': job.timings,
                 'input': {'kind': job.input_kind, 'name': job.input_name, 'patient': job.patient},
                 'margins': job.params.get('margins', []), 'structures': structures, 'quality_score': job.quality,
-                'warnings': (found or {}).get('warnings', job.params.get('warnings', [])), 'files': files}
+                'warnings': (found or {}).get('warnings', job.params.get('warnings', [])), 'files': files,
+                'delivery': _delivery_view(job)}
 
     @app.get('/api/me', summary='who the token belongs to')
     def me(who: User = Depends(user)) -> dict:
@@ -170,7 +176,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
 
     @app.get('/api/model', summary='the card of the served model')
     def model_card(who: User = Depends(user)) -> dict:
-        return settings.card
+        return model.card
 
     @app.post('/api/jobs', status_code=201, summary='submit an image (NIfTI, NRRD, MHA) or a DICOM series (zip or '
                                                      'files) with optional margins (multipart: files, margin)')
@@ -188,14 +194,14 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         except Exception as e:  # starlette's MultiPartException and friends
             raise HTTPException(400, f'the form cannot be read ({e})') from None
         try:
-            margins = _parse_margins([str(v) for v in form.getlist('margin')], structures)
+            margins = _checked_margins([str(v) for v in form.getlist('margin')], model.structures)
             uploads = [(f.filename, f.file) for f in form.getlist('files') if hasattr(f, 'file')]
             job_id = new_job_id()
             folder = os.path.join(job_folder(settings.queue.data_folder, job_id), 'input')
             os.makedirs(os.path.dirname(folder))
             try:
                 # reading a DICOM series takes seconds: off the event loop, so other requests are answered meanwhile
-                stored = await run_in_threadpool(store_upload, uploads, folder, model, settings.limits)
+                stored = await run_in_threadpool(store_upload, uploads, folder, model.info, settings.limits)
             except BaseException:
                 shutil.rmtree(os.path.dirname(folder), ignore_errors=True)
                 raise
@@ -204,11 +210,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise HTTPException(e.status, str(e)) from None
         finally:
             await form.close()
-        params = {'input': stored.predict_path, 'view': stored.view_path, 'models': settings.models,
-                  'folds': settings.folds, 'checkpoint': settings.checkpoint,
-                  'use_mirroring': settings.use_mirroring, 'postprocessing': settings.postprocessing,
-                  'roi_names': settings.roi_names, 'roi_colors': settings.roi_colors, 'margins': margins,
-                  'has_quality': settings.card.get('has_quality', False), 'warnings': stored.warnings}
+        params = model.job_params(stored.predict_path, stored.view_path, margins, stored.warnings)
         job = store.add_job(who.name, 'web', stored.kind, stored.name, stored.patient, params, job_id)
         queue.enqueue(job.id)
         return view(job)
@@ -234,11 +236,25 @@ def create_app(settings: ServiceSettings) -> FastAPI:
         found = report(job) if job.state == 'done' else None
         if found is None:
             raise HTTPException(409, f'job {job.id} is {job.state}; margins can be re-applied to a finished job')
-        margins = _parse_margins(body.margins, list(found['labels']))
+        margins = _checked_margins(body.margins, list(found['labels']))
         if not store.requeue(job.id, 'margins', 'queued (new margins)', {**job.params, 'margins': margins}):
             raise HTTPException(409, f'job {job.id} is not finished')
         store.log(who.name, 'margins re-applied', job.id, '; '.join(margins))
         queue.enqueue(job.id)
+        return view(store.job(job.id))
+
+    @app.post('/api/jobs/{job_id}/send', status_code=202,
+              summary="send a DICOM node's results again to their destinations (after a failed delivery)")
+    def send_again(job: Job = Depends(own_job), who: User = Depends(user)) -> dict:
+        if not job.params.get('deliver'):
+            raise HTTPException(409, f'job {job.id} did not come from the DICOM node: it has nowhere to send to')
+        if job.state != 'done':
+            raise HTTPException(409, f'job {job.id} is {job.state}; only a finished job\'s results can be sent')
+        if (job.delivery or {}).get('state') == 'sending':
+            raise HTTPException(409, f'job {job.id} is being sent right now')
+        if not store.set_delivery(job.id, new_delivery(job.params['deliver'])):
+            raise HTTPException(409, f'job {job.id} changed meanwhile; try again')
+        store.log(who.name, 'results to be sent again', job.id)
         return view(store.job(job.id))
 
     def finished_report(job: Job) -> dict:
@@ -259,6 +275,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
                                                         'SEG.dcm, report.json or results.zip')
     def download(name: str, job: Job = Depends(own_job), who: User = Depends(user)) -> Response:
         if name == 'image.nii.gz':
+            if not job.params.get('view'):
+                raise HTTPException(404, f'job {job.id} has no image (its input was refused before it was read)')
             return FileResponse(job.params['view'], filename=f'{job.id}_image.nii.gz',
                                 media_type='application/gzip')
         if name in DOWNLOADS:

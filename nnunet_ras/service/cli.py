@@ -36,51 +36,136 @@ def _queue_settings(args):
 
 
 def _served_model(args):
-    """(model folders, card defaults): -m / -d as for predict, else the model that ``make demo`` trains."""
+    """The served model: -m / -d as for predict, else the model that ``make demo`` trains."""
     from nnunet_ras.demo import DEMO_MODEL_CARD, demo_model_folder
+    from nnunet_ras.dicom.predict import parse_style
+    from nnunet_ras.service.models import ServedModel
+    defaults = {}
     if args.m or args.d is not None:
         from nnunet_ras.dicom.cli import model_folders
-        return model_folders(args), {}
-    folder = demo_model_folder()
-    if not os.path.isfile(os.path.join(folder, 'fold_0', 'checkpoint_final.pth')):
-        raise UserInputError(f"no model given (-m MODEL_FOLDER ...) and the demo's model is not at {folder}: run "
-                             f"`make demo` (or `nnunet-ras demo`) in this folder first, or give -m")
-    return [folder], DEMO_MODEL_CARD
+        folders = model_folders(args)
+    else:
+        folders, defaults = [demo_model_folder()], DEMO_MODEL_CARD
+        if not os.path.isfile(os.path.join(folders[0], 'fold_0', 'checkpoint_final.pth')):
+            raise UserInputError(f"no model given (-m MODEL_FOLDER ...) and the demo's model is not at "
+                                 f"{folders[0]}: run `make demo` (or `nnunet-ras demo`) in this folder first, or "
+                                 f"give -m")
+    return ServedModel(folders, args.f, args.chk, not args.disable_tta, args.postprocessing,
+                       parse_style(args.roi_names, args.roi_colors, []), defaults)
+
+
+def _rules_model(entry: dict, name: str, rules_path: str):
+    """A [models.NAME] table of the rules file as a served model; relative folders are relative to the file."""
+    from nnunet_ras.dicom.predict import parse_style
+    from nnunet_ras.service.models import ServedModel
+    base = os.path.dirname(rules_path)
+    folders = [os.path.join(base, os.path.expanduser(str(m))) for m in
+               (entry['model'] if isinstance(entry['model'], list) else [entry['model']])]
+    try:
+        style = parse_style([f"{k}={v}" for k, v in entry.get('roi_names', {}).items()],
+                            [f"{k}={','.join(str(c) for c in v)}" for k, v in entry.get('roi_colors', {}).items()],
+                            [])
+        return ServedModel(folders, [str(f) for f in entry['folds']] if 'folds' in entry else None,
+                           entry.get('checkpoint', 'checkpoint_final.pth'), not entry.get('disable_tta', False),
+                           entry.get('postprocessing', 'auto'), style)
+    except UserInputError as e:
+        raise UserInputError(f"{rules_path} [models.{name}]: {e}") from None
+
+
+def _node_settings(args, default_model, store):
+    """The DICOM node's settings: the rules file, with command-line options over its [node] table."""
+    from nnunet_ras.service.dicom_node import NodeSettings
+    from nnunet_ras.service.rules import DEFAULT_MODEL, check_ae_title, load_rules
+    if not args.rules:
+        raise UserInputError("the DICOM node needs --rules RULES.toml (who may send, what runs, where results go)")
+    rules = load_rules(args.rules)
+    models = {DEFAULT_MODEL: default_model}
+    for name, entry in rules.models.items():
+        models[name] = _rules_model(entry, name, rules.path)
+    for rule in rules.rules:
+        try:
+            models[rule.model].check_margins(rule.margins)
+        except UserInputError as e:
+            raise UserInputError(f"{rules.path} [[rules]] #{rule.index}: {e}") from None
+    users = {u.name for u in store.users()}
+    for sender in rules.senders.values():
+        if sender.owner not in users:
+            print(f"note: [senders.{sender.ae_title}] owner {sender.owner!r} is not a user of the service: only "
+                  f"admins see its jobs (add it with: nnunet-ras serve-admin add-user {sender.owner})", flush=True)
+    node = rules.node
+
+    def option(name, default):
+        value = getattr(args, name)
+        return value if value is not None else node.get(name, default)
+    return NodeSettings(rules, models, check_ae_title(option('ae_title', 'NNUNET_RAS'), '--ae_title'),
+                        args.dicom_host or args.host, option('dicom_port', node.get('port', 11112)),
+                        option('quiet_s', 10.0), option('send_attempts', 8), option('send_backoff_s', 5.0))
+
+
+def _start_message(store, data_folder: str, host: str) -> None:
+    """The first start on loopback creates the admin user and prints its token once."""
+    if store.users():
+        return
+    if not _is_loopback(host):
+        raise UserInputError(f"--host {host} is not loopback and no user has a token: add users first "
+                             f"(nnunet-ras serve-admin add-user NAME --data {data_folder})")
+    token = store.add_user('admin', 'admin')
+    print(f"\nNo users yet: created the admin user 'admin'. Its API token (shown only now, only a hash is "
+          f"kept):\n\n    {token}\n\nAdd users with: nnunet-ras serve-admin add-user NAME --data "
+          f"{data_folder}\n", flush=True)
 
 
 def _serve(args) -> int:
     import uvicorn
-    from nnunet_ras.dicom.predict import parse_style
     from nnunet_ras.service.app import ServiceSettings, create_app
-    from nnunet_ras.service.models import model_card
     from nnunet_ras.service.store import Store
     from nnunet_ras.service.uploads import Limits
 
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
     queue = _queue_settings(args)
-    models, defaults = _served_model(args)
-    card = model_card(models, args.f, args.chk, defaults)
-    style = parse_style(args.roi_names, args.roi_colors, [])
+    model = _served_model(args)
     store = Store(queue.data_folder)
-    if not store.users():
-        if not _is_loopback(args.host):
-            raise UserInputError(f"--host {args.host} is not loopback and no user has a token: add users first "
-                                 f"(nnunet-ras serve-admin add-user NAME --data {queue.data_folder})")
-        token = store.add_user('admin', 'admin')
-        print(f"\nNo users yet: created the admin user 'admin'. Its API token (shown only now, only a hash is "
-              f"kept):\n\n    {token}\n\nAdd users with: nnunet-ras serve-admin add-user NAME --data "
-              f"{queue.data_folder}\n", flush=True)
-    queue.extra_report = {'model_card': card}
-    settings = ServiceSettings(queue, models, args.f, args.chk, not args.disable_tta, args.postprocessing,
-                               {**card['roi_names'], **style.names},
-                               {**card['roi_colors'], **{k: list(v) for k, v in style.colors.items()}},
-                               Limits(args.max_upload_mb << 20, args.max_unzipped_mb << 20, args.max_files), card,
-                               in_process_worker=not args.no_worker)
+    node = _node_settings(args, model, store) if args.dicom_port is not None or args.rules else None
+    _start_message(store, queue.data_folder, args.host)
+    settings = ServiceSettings(queue, model, Limits(args.max_upload_mb << 20, args.max_unzipped_mb << 20,
+                                                    args.max_files),
+                               in_process_worker=not args.no_worker, dicom=node)
     app = create_app(settings)
-    print(f"serving {card['name']} on http://{args.host}:{args.port} (data: {queue.data_folder}, queue: "
-          f"{args.queue or 'SQLite'}, {'no in-process worker' if args.no_worker else 'one in-process worker'})",
-          flush=True)
+    print(f"serving {model.card['name']} on http://{args.host}:{args.port} (data: {queue.data_folder}, queue: "
+          f"{args.queue or 'SQLite'}, {'no in-process worker' if args.no_worker else 'one in-process worker'})" +
+          (f"; DICOM node {node.ae_title} on {node.host}:{node.port}" if node else ''), flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level='info')
+    return 0
+
+
+def _dicom_node(args) -> int:
+    """The DICOM node without the web page: receiving, jobs (an in-process worker unless --no_worker), recovery and
+    delivery, until SIGINT / SIGTERM."""
+    import signal
+    import threading
+    from nnunet_ras.service.dicom_node import DicomNode
+    from nnunet_ras.service.jobs import JobQueue, Recovery
+
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
+    queue = JobQueue(_queue_settings(args))
+    node_settings = _node_settings(args, _served_model(args), queue.store)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    recovery = Recovery(queue)
+    recovery.start()
+    consumer = None if args.no_worker else queue.consumer()
+    if consumer is not None:
+        consumer.start()
+    node = DicomNode(node_settings, queue.store, queue).start()
+    print(f"DICOM node {node_settings.ae_title} on {node_settings.host}:{node_settings.port} (data: "
+          f"{queue.settings.data_folder}, rules: {node_settings.rules.path}, "
+          f"{'no in-process worker' if args.no_worker else 'one in-process worker'})", flush=True)
+    stop.wait()
+    node.stop()
+    recovery.stopped.set()
+    if consumer is not None:
+        consumer.stop(graceful=False)
     return 0
 
 
@@ -128,15 +213,36 @@ def _queue_options(p: argparse.ArgumentParser) -> None:
     p.add_argument('--keep_days', type=float, default=30.0, help='finished jobs and their files are deleted after')
 
 
-def add_service_commands(subparsers) -> None:
+def _model_options(p: argparse.ArgumentParser) -> None:
     from nnunet_ras.dicom.cli import add_model_arguments
-    p = subparsers.add_parser('serve', help='the contouring service: web page and JSON API (FastAPI on uvicorn) with '
-                                            'a job queue (huey)')
     add_model_arguments(p, " (default: the model of `make demo`)")
     p.add_argument('--postprocessing', default='auto', metavar='auto|none|FILE', help='as for predict')
     p.add_argument('--roi_names', nargs='+', default=[], metavar='LABEL=ROI',
                    help="ROI names for the model's labels (default: the model card's, else the label names)")
     p.add_argument('--roi_colors', nargs='+', default=[], metavar='ROI=R,G,B', help='e.g. GTV=255,0,0')
+
+
+def _node_options(p: argparse.ArgumentParser, required: bool) -> None:
+    g = p.add_argument_group('DICOM node' + ('' if required else ' (started with --dicom_port or --rules)'))
+    g.add_argument('--rules', required=required, metavar='RULES.toml',
+                   help='who may send, which model and margins run on which series, where results go')
+    g.add_argument('--dicom_port', '--dicom-port', type=int, default=None,
+                   help="the node's DICOM port (default: the rules' [node] port, else 11112)")
+    g.add_argument('--ae_title', '--ae-title', default=None, help="the node's AE title (default: NNUNET_RAS)")
+    g.add_argument('--dicom_host', default=None,
+                   help='address the node listens on (default: --host; 0.0.0.0 for a TPS on another machine)')
+    g.add_argument('--quiet_s', type=float, default=None,
+                   help='a series is complete this long after its last instance, if its association was not '
+                        'released (default 10)')
+    g.add_argument('--send_attempts', type=int, default=None, help='C-STORE attempts per result (default 8)')
+    g.add_argument('--send_backoff_s', type=float, default=None,
+                   help='wait after the first failed send, doubled after each (at most 300 s; default 5)')
+
+
+def add_service_commands(subparsers) -> None:
+    p = subparsers.add_parser('serve', help='the contouring service: web page and JSON API (FastAPI on uvicorn) with '
+                                            'a job queue (huey), optionally with the DICOM node')
+    _model_options(p)
     p.add_argument('--host', default='127.0.0.1', help='address to bind (default: loopback only)')
     p.add_argument('--port', type=int, default=8000)
     p.add_argument('--no_worker', action='store_true',
@@ -145,7 +251,17 @@ def add_service_commands(subparsers) -> None:
     p.add_argument('--max_unzipped_mb', type=int, default=4096, help='most bytes a zip may unpack to')
     p.add_argument('--max_files', type=int, default=5000, help='most files in one upload or zip')
     _queue_options(p)
+    _node_options(p, required=False)
     p.set_defaults(func=_serve)
+
+    p = subparsers.add_parser('dicom-node', help='the DICOM node alone: a TPS / PACS sends a CT (C-STORE), gets the '
+                                                 'RTSTRUCT (and SEG) back; jobs on the service\'s queue and job table')
+    _model_options(p)
+    p.add_argument('--host', default='127.0.0.1', help='address to listen on (default: loopback only)')
+    p.add_argument('--no_worker', action='store_true', help='run no worker in this process')
+    _queue_options(p)
+    _node_options(p, required=True)
+    p.set_defaults(func=_dicom_node)
 
     p = subparsers.add_parser('worker', help="a worker of the contouring service's queue (one per GPU or CPU slot; "
                                              "on any machine that shares the data folder)")

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from huey import RedisHuey, SqliteHuey
@@ -23,7 +23,7 @@ from nnunet_ras.dicom.margins import parse_margin
 from nnunet_ras.dicom.postprocess import Cleanup
 from nnunet_ras.dicom.predict import RoiStyle, predict_case, remargin_case
 from nnunet_ras.errors import UserInputError
-from nnunet_ras.service.store import Job, Store
+from nnunet_ras.service.store import Job, Store, new_delivery
 
 log = logging.getLogger('nnunet_ras.service')
 
@@ -37,7 +37,6 @@ class QueueSettings:
     stale_after_s: float = 60.0
     max_attempts: int = 2
     keep_days: float = 30.0
-    extra_report: dict = field(default_factory=dict)  # copied into every job's report (the model card)
 
 
 def job_folder(data_folder: str, job_id: str) -> str:
@@ -113,12 +112,14 @@ class _Runner:
                                       progress=self.progress,
                                       report_extra={'job': {'id': job.id, 'owner': job.owner, 'source': job.source,
                                                             'input': job.input_name},
-                                                    **self.settings.extra_report})
+                                                    'model_card': params.get('model_card')})
             quality = self._quality(report) if job.task == 'predict' and params.get('has_quality') else None
             self.progress('exporting', 1.0)
             self._close_stage(time.time())
             self.timings['total'] = round(time.time() - start, 2)
-            if not self.store.finish(job, 'done', 'done', quality=quality, timings=self.timings):
+            # a DICOM node's job is sent on by the node's delivery thread (also after new margins)
+            delivery = {'delivery': new_delivery(params['deliver'])} if params.get('deliver') else {}
+            if not self.store.finish(job, 'done', 'done', quality=quality, timings=self.timings, **delivery):
                 raise JobGone(job.id)
             self.store.log(job.owner, f'job done ({job.task})', job.id, f"{self.timings['total']} s on {job.worker}")
         except JobGone:

@@ -82,3 +82,61 @@ class ServiceProcess:
                                 (['--admin'] if admin else []), env=self.env, capture_output=True, text=True,
                                 check=True)
         return result.stdout.strip().splitlines()[-1]
+
+
+ORTHANC = '/usr/sbin/Orthanc'  # Debian's orthanc package
+
+
+class OrthancProcess:
+    """Debian's Orthanc PACS on loopback with its own configuration and storage under ``folder``: DICOM port
+    ``dicom_port`` (a free one by default) as AE ``aet``, REST API at ``.url``; ``modalities`` maps a name to
+    (AE title, host, port) of the nodes it may send to. Its log goes to ``folder/orthanc.log``."""
+
+    def __init__(self, folder: str, aet: str = 'ORTHANC', modalities: Optional[Dict[str, tuple]] = None,
+                 dicom_port: Optional[int] = None):
+        self.folder, self.aet = folder, aet
+        self.dicom_port, self.http_port = dicom_port or free_port(), free_port()
+        self.url = f'http://127.0.0.1:{self.http_port}'
+        self.modalities = modalities or {}
+        self.process: Optional[subprocess.Popen] = None
+
+    def start(self, timeout: float = 60) -> 'OrthancProcess':
+        import json
+        os.makedirs(self.folder, exist_ok=True)
+        config = {'Name': f'nnunet-ras test {self.aet}', 'StorageDirectory': os.path.join(self.folder, 'storage'),
+                  'IndexDirectory': os.path.join(self.folder, 'index'), 'HttpPort': self.http_port,
+                  'DicomPort': self.dicom_port, 'DicomAet': self.aet, 'RemoteAccessAllowed': False,
+                  'AuthenticationEnabled': False, 'HttpServerEnabled': True, 'DicomServerEnabled': True,
+                  'DicomModalities': {name: list(m) for name, m in self.modalities.items()},
+                  'DicomCheckCalledAet': False, 'StableAge': 2, 'Plugins': [], 'ConcurrentJobs': 2,
+                  'StorageCompression': False, 'DicomScuTimeout': 30}
+        path = os.path.join(self.folder, 'orthanc.json')
+        with open(path, 'w') as f:
+            json.dump(config, f, indent=2)
+        self.output = open(os.path.join(self.folder, 'orthanc.log'), 'a')
+        self.process = subprocess.Popen([ORTHANC, path], stdout=self.output, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.process.returncode}; see {self.output.name}")
+            try:
+                urllib.request.urlopen(self.url + '/system', timeout=2)
+                return self
+            except OSError:
+                if time.time() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"Orthanc did not answer in {timeout} s; see {self.output.name}")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.output.close()
+        self.process = None

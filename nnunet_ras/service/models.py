@@ -9,11 +9,13 @@ Model Reporting" (FAT* 2019).
 """
 import json
 import os
-from typing import Dict, Optional, Sequence
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from nnunet_ras.dicom.predict import ModelInfo, check_model_folders
+from nnunet_ras.dicom.margins import check_margins, parse_margin
+from nnunet_ras.dicom.predict import ModelInfo, RoiStyle, check_model_folders
 from nnunet_ras.quality.weighting import CHECKPOINT_KEY
 
 CARD_FILE = 'model_card.json'
@@ -76,3 +78,48 @@ def model_card(model_folders: Sequence[str], folds: Optional[Sequence[str]], che
         'roi_names': provided.get('roi_names') or {},  # model label -> ROI name in RTSTRUCT / SEG
         'roi_colors': provided.get('roi_colors') or {},  # ROI name -> [R, G, B]
     }
+
+
+def checked_margin_specs(specs: Sequence[str], structures: Sequence[str]) -> List[str]:
+    """Margin specs (``CTV=GTV+5@Liver``) checked against the structures they grow from; returns them without empty
+    ones. Raises UserInputError naming the bad spec."""
+    specs = [s.strip() for s in specs if s and s.strip()]
+    check_margins([parse_margin(spec) for spec in specs], list(structures))
+    return specs
+
+
+@dataclass
+class ServedModel:
+    """A model the service runs (the web page's, or one a DICOM node rule names) with how its jobs run it: folds,
+    checkpoint, mirroring, clean-up, and the ROI names and colours its RTSTRUCT / SEG get (the card's, overridden by
+    the service's options)."""
+    folders: List[str]
+    folds: Optional[List[str]] = None
+    checkpoint: str = 'checkpoint_final.pth'
+    use_mirroring: bool = True
+    postprocessing: str = 'auto'
+    style: RoiStyle = field(default_factory=RoiStyle)
+    defaults: Optional[dict] = None  # card entries its model_card.json does not give (the demo's)
+
+    def __post_init__(self):
+        self.info: ModelInfo = check_model_folders(self.folders, self.folds, self.checkpoint)
+        self.card = model_card(self.folders, self.folds, self.checkpoint, self.defaults)
+        self.roi_names = {**self.card['roi_names'], **self.style.names}
+        self.roi_colors = {**self.card['roi_colors'], **{k: list(v) for k, v in self.style.colors.items()}}
+
+    @property
+    def structures(self) -> List[str]:
+        """The ROI names of the model's labels: what margins can grow from."""
+        return [self.roi_names.get(label, label) for label in self.info.labels if label != 'background']
+
+    def check_margins(self, specs: Sequence[str]) -> List[str]:
+        return checked_margin_specs(specs, self.structures)
+
+    def job_params(self, predict_path: str, view_path: str, margins: Sequence[str], warnings: Sequence[str],
+                   **extra) -> dict:
+        """What a worker needs to run a job of this model (the job table's ``params``)."""
+        return {'input': predict_path, 'view': view_path, 'models': self.folders, 'folds': self.folds,
+                'checkpoint': self.checkpoint, 'use_mirroring': self.use_mirroring,
+                'postprocessing': self.postprocessing, 'roi_names': self.roi_names, 'roi_colors': self.roi_colors,
+                'margins': list(margins), 'has_quality': self.card.get('has_quality', False),
+                'model_card': self.card, 'warnings': list(warnings), **extra}

@@ -25,6 +25,7 @@ ROLES = ('user', 'admin')
 RUNNING_STATES = ('preprocessing', 'predicting', 'exporting')
 FINISHED_STATES = ('done', 'failed')
 TOKEN_PREFIX = 'nrs'
+ADDED_COLUMNS = {'delivery': 'TEXT', 'delivery_next': 'REAL'}  # job columns newer than the first data folders
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -34,9 +35,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, owner TEXT NOT NULL, task TEXT NOT NULL, state TEXT NOT NULL, progress REAL NOT NULL,
     message TEXT NOT NULL, error TEXT, created REAL NOT NULL, started REAL, finished REAL, heartbeat REAL,
     attempts INTEGER NOT NULL DEFAULT 0, worker TEXT, source TEXT NOT NULL, input_kind TEXT NOT NULL,
-    input_name TEXT NOT NULL, patient TEXT, params TEXT NOT NULL, quality REAL, timings TEXT NOT NULL DEFAULT '{}');
+    input_name TEXT NOT NULL, patient TEXT, params TEXT NOT NULL, quality REAL, timings TEXT NOT NULL DEFAULT '{}',
+    delivery TEXT, delivery_next REAL);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created);
+CREATE INDEX IF NOT EXISTS jobs_delivery ON jobs (delivery_next);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, user TEXT NOT NULL, action TEXT NOT NULL,
     job TEXT, detail TEXT);
@@ -75,6 +78,8 @@ class Job:
     params: dict
     quality: Optional[float]
     timings: dict
+    delivery: Optional[dict]  # a DICOM node's job: where its results go and how far that got (see new_delivery)
+    delivery_next: Optional[float]  # when the node's delivery thread sends it next; None: nothing due
 
 
 def _hash(salt: bytes, secret: str) -> bytes:
@@ -90,7 +95,12 @@ class Store:
         self.path = os.path.join(data_folder, 'service.sqlite3')
         with self._connect() as db:
             db.execute('PRAGMA journal_mode=WAL')
-            db.executescript(SCHEMA)
+            db.executescript(SCHEMA.replace('CREATE INDEX IF NOT EXISTS jobs_delivery ON jobs (delivery_next);', ''))
+            columns = {row['name'] for row in db.execute('PRAGMA table_info(jobs)')}
+            for name, kind in ADDED_COLUMNS.items():
+                if name not in columns:
+                    db.execute(f'ALTER TABLE jobs ADD COLUMN {name} {kind}')
+            db.execute('CREATE INDEX IF NOT EXISTS jobs_delivery ON jobs (delivery_next)')
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -153,14 +163,19 @@ class Store:
 
     # jobs
     def add_job(self, owner: str, source: str, input_kind: str, input_name: str, patient: Optional[str],
-                params: dict, job_id: Optional[str] = None) -> Job:
+                params: dict, job_id: Optional[str] = None, refused: Optional[str] = None) -> Job:
+        """A queued job; with ``refused`` (the reason) a failed one that never runs, kept so the sender can see
+        why (a DICOM node's series that cannot be contoured)."""
         job_id = job_id or new_job_id()
+        now = time.time()
+        state, message = ('failed', 'refused') if refused else ('queued', 'queued')
         with self._transaction() as db:
-            db.execute('INSERT INTO jobs (id, owner, task, state, progress, message, created, source, input_kind, '
-                       'input_name, patient, params) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?)',
-                       (job_id, owner, 'predict', 'queued', 'queued', time.time(), source, input_kind, input_name,
-                        patient, json.dumps(params)))
-        self.log(owner, 'job submitted', job_id, f"{input_kind} {input_name}")
+            db.execute('INSERT INTO jobs (id, owner, task, state, progress, message, error, created, finished, '
+                       'source, input_kind, input_name, patient, params) VALUES (?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, '
+                       '?, ?)', (job_id, owner, 'predict', state, message, refused, now, now if refused else None,
+                                 source, input_kind, input_name, patient, json.dumps(params)))
+        self.log(owner, 'job refused' if refused else 'job submitted', job_id,
+                 f"{input_kind} {input_name}" + (f": {refused}" if refused else ''))
         return self.job(job_id)
 
     def job(self, job_id: str) -> Optional[Job]:
@@ -211,9 +226,7 @@ class Store:
     def update_running(self, job: Job, **fields) -> bool:
         """Updates a job this worker runs (heartbeat now); False when it is no longer this worker's attempt (deleted,
         or handed to another worker after a stale heartbeat)."""
-        fields = {**fields, 'heartbeat': time.time()}
-        if 'timings' in fields:
-            fields['timings'] = json.dumps(fields['timings'])
+        fields = _encoded({**fields, 'heartbeat': time.time()})
         sets = ', '.join(f'{k} = ?' for k in fields)
         with self._transaction() as db:
             return db.execute(f"UPDATE jobs SET {sets} WHERE id = ? AND worker = ? AND attempts = ? AND state IN "
@@ -251,6 +264,36 @@ class Store:
             self.log('service', f'job {state} after a stale heartbeat', job.id, job.worker)
         return state if changed else None
 
+    # deliveries of a DICOM node's results
+    def due_deliveries(self, now: float) -> List[Job]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM jobs WHERE state = 'done' AND delivery_next <= ? ORDER BY delivery_next",
+                              (now,)).fetchall()
+        return [_job(r) for r in rows]
+
+    def take_delivery(self, job: Job) -> bool:
+        """Marks a due delivery as being sent by the caller; False when another thread took it or it changed."""
+        with self._transaction() as db:
+            return db.execute("UPDATE jobs SET delivery = ?, delivery_next = NULL WHERE id = ? AND state = 'done' "
+                              "AND delivery_next = ?", (json.dumps({**job.delivery, 'state': 'sending'}), job.id,
+                                                        job.delivery_next)).rowcount == 1
+
+    def set_delivery(self, job_id: str, delivery: dict, only_if_state: Optional[str] = None) -> bool:
+        """Records a delivery's state; ``only_if_state`` guards against a concurrent change (e.g. 'sending')."""
+        fields = _encoded({'delivery': delivery})
+        query = "UPDATE jobs SET delivery = ?, delivery_next = ? WHERE id = ? AND state = 'done'"
+        args = [fields['delivery'], fields['delivery_next'], job_id]
+        if only_if_state:
+            query, args = query + " AND json_extract(delivery, '$.state') = ?", args + [only_if_state]
+        with self._transaction() as db:
+            return db.execute(query, args).rowcount == 1
+
+    def interrupted_deliveries(self) -> List[Job]:
+        """Deliveries left 'sending' by a node that stopped while sending."""
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM jobs WHERE json_extract(delivery, '$.state') = 'sending'").fetchall()
+        return [_job(r) for r in rows]
+
     def expired_jobs(self, finished_before: float) -> List[Job]:
         with self._connect() as db:
             rows = db.execute("SELECT * FROM jobs WHERE state IN ('done', 'failed') AND finished < ?",
@@ -274,6 +317,24 @@ class Store:
         return [dict(r) for r in rows]
 
 
+def new_delivery(destinations: List[dict], now: Optional[float] = None) -> dict:
+    """A delivery due now to every destination (dicts with name, ae_title, host, port)."""
+    return {'state': 'pending', 'attempts': 0, 'next': now or time.time(), 'error': None,
+            'to': [d['name'] for d in destinations], 'sent': []}
+
+
+def _encoded(fields: dict) -> dict:
+    """Job fields as stored: JSON for the dicts; a delivery also sets when it is due next."""
+    fields = dict(fields)
+    if 'timings' in fields:
+        fields['timings'] = json.dumps(fields['timings'])
+    if 'delivery' in fields:
+        delivery = fields['delivery']
+        fields['delivery_next'] = delivery['next'] if delivery and delivery['state'] == 'pending' else None
+        fields['delivery'] = json.dumps(delivery) if delivery is not None else None
+    return fields
+
+
 def new_job_id() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -282,4 +343,5 @@ def _job(row: sqlite3.Row) -> Job:
     values = dict(row)
     values['params'] = json.loads(values['params'])
     values['timings'] = json.loads(values['timings'] or '{}')
+    values['delivery'] = json.loads(values['delivery']) if values['delivery'] else None
     return Job(**values)

@@ -206,6 +206,13 @@ def _store(files: Sequence[Tuple[str, BinaryIO]], folder: str, model: ModelInfo,
             if not _is_dicom(target):
                 raise UploadRefused(f"{name}: not a DICOM file (several files are taken as one DICOM series; send "
                                     f"an image file alone)", 415)
+    return check_dicom_input(folder, model, shown)
+
+
+def check_dicom_input(folder: str, model: ModelInfo, shown: str) -> StoredInput:
+    """Checks the DICOM series in ``folder``/dicom as ``predict`` would and writes the viewer's NIfTI next to it;
+    messages name the series as ``shown``, never the service's paths."""
+    dicom_folder = os.path.join(folder, 'dicom')
     try:
         series, warnings = check_input(dicom_folder, None, model, allow_missing_identity=False)
     except UserInputError as e:

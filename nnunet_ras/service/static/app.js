@@ -8,7 +8,8 @@
  * (to NiiVue) or a Blob (to the browser's download).
  *
  *   GET /api/me, GET /api/model, GET/POST /api/jobs, DELETE /api/jobs/{id},
- *   POST /api/jobs/{id}/margins, and the file URLs that a job's JSON lists.
+ *   POST /api/jobs/{id}/margins, POST /api/jobs/{id}/send (a DICOM node job's results again), and the
+ *   file URLs that a job's JSON lists.
  *
  * A 401 answer from any call logs out and shows the login form with a message. Server text is only
  * ever written with textContent.
@@ -17,6 +18,7 @@
 
 const TOKEN_KEY = 'nnunet_ras.token';
 const POLL_MS = 1000;
+const IDLE_POLL_MS = 10000;
 const UNFINISHED = new Set(['queued', 'preprocessing', 'predicting', 'exporting']);
 const WINDOWS = {  // CT window presets: [cal_min, cal_max] = [L - W/2, L + W/2]
   abdomen: [-160, 240],  // W400 L40
@@ -229,11 +231,14 @@ function stopPolling() {
   state.pollTimer = null;
 }
 
+/** Every second while a job runs or its results are being sent; otherwise every 10 s, so that jobs the DICOM node
+ *  creates (a TPS sent a CT) appear without a reload. */
 function schedulePoll() {
   stopPolling();
-  if (state.token && state.jobs.some((job) => UNFINISHED.has(job.state))) {
-    state.pollTimer = setTimeout(refreshJobs, POLL_MS);
-  }
+  if (!state.token) return;
+  const busy = state.jobs.some((job) => UNFINISHED.has(job.state) ||
+    (job.delivery && ['pending', 'sending', 'waiting for the job'].includes(job.delivery.state)));
+  state.pollTimer = setTimeout(refreshJobs, busy ? POLL_MS : IDLE_POLL_MS);
 }
 
 async function refreshJobs() {
@@ -286,11 +291,13 @@ function createJobItem(job) {
   const actions = el('div', { cls: 'job-actions' });
   const review = el('button', { cls: 'job-review', text: 'Review', attrs: { type: 'button' } });
   const remove = el('button', { cls: 'job-delete', text: 'Delete', attrs: { type: 'button' } });
+  const resend = el('button', { cls: 'job-send', text: 'Send again', attrs: { type: 'button' } });
   review.addEventListener('click', () => openReview(item.dataset.id));
   remove.addEventListener('click', () => deleteJob(item.dataset.id));
-  actions.append(review, remove);
+  resend.addEventListener('click', () => sendAgain(item.dataset.id));
+  actions.append(review, resend, remove);
   item.append(head, el('div', { cls: 'job-meta muted' }), progress, el('div', { cls: 'job-message' }),
-    el('div', { cls: 'job-error error' }), actions);
+    el('div', { cls: 'job-error error' }), el('div', { cls: 'job-delivery' }), actions);
   return item;
 }
 
@@ -300,7 +307,8 @@ function updateJobItem(item, job) {
   const name = [input.name, input.patient].filter(Boolean).join(' · ') || job.id;
   item.querySelector('.job-name').textContent = name;
   item.querySelector('.job-state').textContent = jobStateText(job);
-  const meta = [`job ${job.id}`, job.owner ? `by ${job.owner}` : '', formatTime(job.created)];
+  const source = job.source && job.source.startsWith('dicom:') ? `sent by DICOM AE ${job.source.slice(6)}` : '';
+  const meta = [`job ${job.id}`, job.owner ? `by ${job.owner}` : '', source, formatTime(job.created)];
   if (job.margins && job.margins.length) meta.push(`margins ${job.margins.join('; ')}`);
   item.querySelector('.job-meta').textContent = meta.filter(Boolean).join(' · ');
   const progress = item.querySelector('.job-progress');
@@ -312,9 +320,29 @@ function updateJobItem(item, job) {
   const error = item.querySelector('.job-error');
   error.textContent = job.error ? `Failed: ${job.error}` : '';
   error.hidden = !job.error;
+  const delivery = job.delivery;
+  const deliveryLine = item.querySelector('.job-delivery');
+  deliveryLine.hidden = !delivery;
+  if (delivery) {
+    const to = delivery.destinations.map((d) => `${d.ae_title} at ${d.host}:${d.port}${d.sent ? ' ✓' : ''}`);
+    deliveryLine.textContent = `Results to ${to.join(', ')}: ${delivery.state}` +
+      (delivery.attempts ? ` (attempt ${delivery.attempts})` : '') + (delivery.error ? ` · ${delivery.error}` : '');
+    deliveryLine.classList.toggle('error', delivery.state === 'failed');
+  }
+  item.querySelector('.job-send').hidden = !(delivery && job.state === 'done' &&
+    ['sent', 'failed'].includes(delivery.state));
   const review = item.querySelector('.job-review');
   review.hidden = job.state !== 'done' && !(state.review && state.review.id === job.id);
   item.classList.toggle('selected', Boolean(state.review && state.review.id === job.id));
+}
+
+async function sendAgain(id) {
+  try {
+    await apiJson(`/api/jobs/${encodeURIComponent(id)}/send`, { method: 'POST' });
+  } catch (err) {
+    if (!(err instanceof Unauthorized)) showMessage('jobs-message', `Send again: ${errorText(err)}`, 'error');
+  }
+  await refreshJobs();
 }
 
 async function deleteJob(id) {
