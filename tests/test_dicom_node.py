@@ -23,7 +23,7 @@ from conftest import SHARED_DATA
 from nnunet_ras.dicom.readers import plastimatch_masks
 from nnunet_ras.dicom.series import label_on_series_grid, read_ct_series
 from nnunet_ras.evaluation.metrics import dice
-from nnunet_ras.service.launch import OrthancProcess, ServiceProcess, free_port
+from nnunet_ras.service.launch import OrthancProcess, ServiceProcess, dicom_echo, free_port
 from nnunet_ras.service.rules import RulesError, load_rules
 from nnunet_ras.service.store import Store
 
@@ -268,18 +268,9 @@ def test_the_standalone_node_answers_echo_and_stops_on_sigterm(node, tmp_path):
                                 '--rules', node.rules, '--dicom_port', str(port), '--ae_title', 'NODE2',
                                 '-device', 'cpu', '--no_worker'], env=node.env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        echo = AE(ae_title='ORTHANC')
-        echo.add_requested_context(Verification)
-
-        def answered():
-            assoc = echo.associate('127.0.0.1', port, ae_title='NODE2')
-            if not assoc.is_established:
-                return None
-            status = assoc.send_c_echo()
-            assoc.release()
-            return status
-        status = wait_for(answered, 120, 'C-ECHO to nnunet-ras dicom-node')
-        assert status.Status == 0x0000
+        wait_for(lambda: dicom_echo(port, 'NODE2', 'ORTHANC') is not None, 120,
+                          'an association with nnunet-ras dicom-node')
+        assert dicom_echo(port, 'NODE2', 'ORTHANC') == 0x0000
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
     finally:

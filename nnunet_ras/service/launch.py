@@ -140,3 +140,19 @@ class OrthancProcess:
                 self.process.wait()
         self.output.close()
         self.process = None
+
+
+def dicom_echo(port: int, called_ae: str, calling_ae: str = 'ECHOSCU', host: str = '127.0.0.1') -> Optional[int]:
+    """C-ECHO to a DICOM node: its status (0 is success), or None when no association could be made."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(host, port, ae_title=called_ae)
+    if not assoc.is_established:
+        return None
+    try:
+        status = assoc.send_c_echo()
+        return int(status.Status) if status else None
+    finally:
+        assoc.release()
