@@ -198,9 +198,10 @@ class QualityWeighting:
         write_atomically(filename, lambda temporary: torch.save(checkpoint, temporary))
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
+        # nnU-Net gets the argument as given: its load_checkpoint (2.8) reads a file name and fails on a dict
+        super().load_checkpoint(filename_or_checkpoint)
         checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
             torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
-        super().load_checkpoint(checkpoint)
         quality = checkpoint.get(CHECKPOINT_KEY)
         if quality is not None:
             self.qam.load_state_dict(quality['weights'])
