@@ -130,16 +130,16 @@ class QualityWeighting:
         Under DDP nnU-Net gives each rank a share of the batch, one sample each for the default batch of 2 on two
         GPUs, and a softmax over one sample is always 1: the QAM would learn nothing. So the scores are gathered
         from all ranks (with their gradients) and the softmax runs over the whole batch, as on one device and as
-        Pick-and-Learn defines it. The weights always depend on all gathered scores (a zero term where the softmax
-        leaves them out, in patches without contour), so that every rank joins the gather's backward and the
-        QAM's all-reduce in every step.
+        Pick-and-Learn defines it. Every rank computes all weights from the same gathered scores, so either every
+        rank's loss depends on the scores (even a share without contour: its weights 1 come out of the softmax's
+        scatter) or, in a batch without any contour, none does; the ranks join the gather's backward and the QAM's
+        all-reduce alike.
         """
         if not self.is_ddp:
             return quality_weights(scores, judged=judged)
         batch_scores, mine = gather_across_ranks(scores)
         batch_judged, _ = gather_across_ranks(judged.float())
-        weights = quality_weights(batch_scores, judged=batch_judged > 0.5) + 0 * batch_scores.sum()
-        return weights[mine]
+        return quality_weights(batch_scores, judged=batch_judged > 0.5)[mine]
 
     def train_step(self, batch: dict) -> dict:
         data = batch['data'].to(self.device, non_blocking=True)
