@@ -161,3 +161,18 @@ def test_qam_stays_synchronised_across_ranks(preprocessed, monkeypatch, tmp_path
         rows = json.load(f)['cases']
     assert len(rows) == 6
     assert sum(row['logged_batches'] for row in rows) == BATCH_SIZE * SYNCED_STEPS
+
+
+def test_rank_local_keeps_the_deep_supervision_weights():
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+
+    from nnunet_ras.training.losses import SquaredDenominatorDiceLoss, rank_local, with_deep_supervision
+    assert with_deep_supervision(SquaredDenominatorDiceLoss(), 3).weight_factors[-1] == 0
+    squared = with_deep_supervision(SquaredDenominatorDiceLoss(ddp=True), 3, ddp=True)
+    weights = squared.weight_factors
+    assert 0 < weights[-1] < 1e-5 and sum(weights) == pytest.approx(1)  # DDP: every seg head gets a gradient
+    nnunet = DC_and_CE_loss({'batch_dice': True, 'smooth': 1e-5, 'do_bg': False, 'ddp': True}, {},
+                            dice_class=MemoryEfficientSoftDiceLoss)
+    assert rank_local(squared) is squared and rank_local(nnunet) is nnunet
+    assert squared.loss.ddp is False and nnunet.dc.ddp is False and squared.weight_factors == weights
