@@ -93,11 +93,13 @@ def _logged_means(log: Iterable[tuple], from_epoch: int) -> dict:
             'mean_weight': float(np.mean([w for _, w in late]))}
 
 
-def write_training_ranking(trainer) -> dict:
+def write_training_ranking(trainer, quality_log: Optional[Dict[str, List[tuple]]] = None) -> dict:
     """Rank the fold's training and validation cases by the final QAM's score; add the AUC against the manifest.
 
-    Also lists each case's mean weight (and mean score) over the batches of the second half of training.
+    Also lists each case's mean weight (and mean score) over the batches of the second half of training, from
+    ``quality_log`` (default: the trainer's own; under DDP the caller passes all ranks' logs merged).
     """
+    quality_log = trainer.quality_log if quality_log is None else quality_log
     training_keys, validation_keys = trainer.do_split()
     dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, training_keys + validation_keys)
     corrupted = corrupted_cases(trainer.plans_manager.dataset_name)
@@ -109,7 +111,7 @@ def write_training_ranking(trainer) -> dict:
             score = score_case(trainer.qam, trainer.ocm_lambda, np.asarray(data, dtype=np.float32), np.asarray(seg),
                                trainer.label_manager, trainer.configuration_manager.patch_size, trainer.device)
             row = {'case': key, 'split': split, 'score': score,
-                   **_logged_means(trainer.quality_log.get(key, ()), half)}
+                   **_logged_means(quality_log.get(key, ()), half)}
             if corrupted is not None:
                 row['corrupted'] = corrupted.get(key)
             rows.append(row)

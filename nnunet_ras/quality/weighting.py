@@ -49,7 +49,9 @@ def quality_weights(scores: torch.Tensor, judged: Optional[torch.Tensor] = None)
 
     ``judged`` (bool per sample) limits the weighting to samples that hold a contour: the others (a patch of pure
     background) keep weight 1, because their per-sample Dice is poor whatever the label's quality, and the QAM would
-    otherwise learn to down-weight empty patches instead of wrong contours.
+    otherwise learn to down-weight empty patches instead of wrong contours. Their 1s are scattered into the result,
+    which keeps them in the scores' autograd graph: under DDP every rank's share, even one without contour, must
+    reach the gathered scores in backward (``QualityWeighting.sample_weights``).
     """
     if judged is None or bool(judged.all()):
         return torch.softmax(scores, 0) * scores.shape[0]

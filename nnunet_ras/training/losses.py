@@ -9,6 +9,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.utilities.ddp_allgather import AllGatherGrad
 from nnunetv2.utilities.helpers import softmax_helper_dim1
 from torch import nn
 
@@ -27,13 +28,15 @@ class SquaredDenominatorDiceLoss(nn.Module):
 
     Squaring the denominator's terms makes the gradient push uncertain probabilities to 0 or 1. Sums run over the
     batch and all voxels (``batch_dice``, as the RAS trainer's Dice) or per sample; the background class counts only
-    with ``do_bg``.
+    with ``do_bg``. Under DDP (``ddp``) the batch sums are summed over all ranks, as nnU-Net's Dice does, so that the
+    Dice is over the whole batch and not over each rank's share of it.
     """
 
     def __init__(self, apply_nonlin: Optional[Callable] = None, batch_dice: bool = True, do_bg: bool = False,
-                 smooth: float = 1.):
+                 smooth: float = 1., ddp: bool = False):
         super().__init__()
         self.apply_nonlin, self.batch_dice, self.do_bg, self.smooth = apply_nonlin, batch_dice, do_bg, smooth
+        self.ddp = ddp
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         p = self.apply_nonlin(logits) if self.apply_nonlin is not None else logits
@@ -43,6 +46,8 @@ class SquaredDenominatorDiceLoss(nn.Module):
         axes = (0, *range(2, p.ndim)) if self.batch_dice else tuple(range(2, p.ndim))
         intersection = (p * y).sum(axes)
         denominator = (p * p).sum(axes) + (y * y).sum(axes)
+        if self.ddp and self.batch_dice:
+            intersection, denominator = (AllGatherGrad.apply(t).sum(0) for t in (intersection, denominator))
         return 1 - ((2 * intersection + self.smooth) / (denominator + self.smooth)).mean()
 
 
@@ -67,6 +72,9 @@ class LRDEHLoss(nn.Module):
     (``power=1``, MAE) or squared (``power=2``, MSE) error of the class probability on the kept voxels, summed and
     divided by the positive count (by 1 when the class has no positive). Mean over classes. Every other voxel is
     dropped, so the easy background, which dominates tumour images, no longer dilutes the gradient.
+
+    Under DDP each rank mines its own share of the batch: choosing the hard negatives over the whole batch would
+    mean exchanging every voxel's probability between the ranks.
     """
 
     def __init__(self, apply_nonlin: Optional[Callable] = None, do_bg: bool = False, power: int = 1):
@@ -88,11 +96,24 @@ class LRDEHLoss(nn.Module):
         return torch.stack(losses).mean()
 
 
-def with_deep_supervision(loss: nn.Module, num_outputs: int) -> DeepSupervisionWrapper:
-    """nnU-Net's deep-supervision weighting: 1/2^i per output, the coarsest ignored, normalised to sum 1."""
+def with_deep_supervision(loss: nn.Module, num_outputs: int, ddp: bool = False) -> DeepSupervisionWrapper:
+    """nnU-Net's deep-supervision weighting: 1/2^i per output, the coarsest ignored, normalised to sum 1.
+
+    Under DDP (``ddp``) the coarsest output keeps a negligible weight (1e-6) instead of 0: DDP expects a gradient for
+    every parameter in every step and stops with an error when the coarsest seg head gets none."""
     weights = np.array([1 / (2 ** i) for i in range(num_outputs)])
-    weights[-1] = 0
+    weights[-1] = 1e-6 if ddp else 0
     return DeepSupervisionWrapper(loss, weights / weights.sum())
+
+
+def rank_local(loss: nn.Module) -> nn.Module:
+    """``loss`` with the exchange of Dice sums between DDP ranks switched off in every Dice it holds (nnU-Net's and
+    ``SquaredDenominatorDiceLoss``, built with ``ddp=True`` under DDP), so that it sees only the tensors it is given:
+    what a loss evaluated on one sample at a time needs. The deep-supervision weights are left as they are."""
+    for module in loss.modules():
+        if 'ddp' in vars(module):
+            module.ddp = False
+    return loss
 
 
 class DeepSupervisedLoss:
@@ -106,7 +127,7 @@ class DeepSupervisedLoss:
         loss = self._core_loss()
         if not self.enable_deep_supervision:
             return loss
-        return with_deep_supervision(loss, len(self._get_deep_supervision_scales()))
+        return with_deep_supervision(loss, len(self._get_deep_supervision_scales()), ddp=self.is_ddp)
 
     def output_nonlin(self) -> Callable:
         """Softmax over the classes, or a sigmoid per region for region training, as nnU-Net's losses apply."""
@@ -123,7 +144,7 @@ def squared_dice_loss(trainer: DeepSupervisedLoss) -> nn.Module:
     """``_core_loss`` of V-Net's Dice: over the batch, on softmax (sigmoid for region training) outputs."""
     trainer.refuse_ignore_label()
     return SquaredDenominatorDiceLoss(apply_nonlin=trainer.output_nonlin(), batch_dice=True,
-                                      do_bg=trainer.label_manager.has_regions)
+                                      do_bg=trainer.label_manager.has_regions, ddp=trainer.is_ddp)
 
 
 def lrdeh_loss(trainer: DeepSupervisedLoss) -> nn.Module:

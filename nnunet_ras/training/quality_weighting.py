@@ -12,24 +12,60 @@ jointly with the segmentation network through that weighted loss, with its own A
 Only training changes: validation, the exported network and ``nnUNetv2_predict`` are ordinary nnU-Net. The QAM's
 weights travel in the checkpoint under ``quality_assessment`` (so ``--c`` continues it and ``nnunet-ras quality``
 can score new contours with it). At the end of training the fold folder gets ``quality_ranking.csv`` / ``.json``.
+
+Under nnU-Net's multi-GPU training (``-num_gpus N``, DDP) each rank trains on its share of the batch: the QAM is
+wrapped in DistributedDataParallel like the network, the softmax runs over the scores of the whole batch, gathered
+from all ranks (``sample_weights``), and the ranks' quality logs are merged before rank 0 writes the checkpoint and
+the ranking.
 """
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from dynamic_network_architectures.building_blocks.helper import convert_dim_to_conv_op
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.ddp_allgather import AllGatherGrad
 from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast
+from torch import autocast, distributed, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_ras._io import write_atomically
 from nnunet_ras.networks.quality import QualityAssessmentNet
 from nnunet_ras.quality.ranking import write_training_ranking
 from nnunet_ras.quality.weighting import CHECKPOINT_KEY, label_channels, overfitting_control, quality_weights
+from nnunet_ras.training.losses import rank_local
 from nnunet_ras.training.trainers import nnUNetTrainerRAS
+
+QualityLog = Dict[str, List[tuple]]
 
 
 def _sample(x: Union[torch.Tensor, Sequence[torch.Tensor]], i: int):
     return [t[i:i + 1] for t in x] if isinstance(x, (list, tuple)) else x[i:i + 1]
+
+
+def gather_across_ranks(values: torch.Tensor) -> Tuple[torch.Tensor, slice]:
+    """All DDP ranks' ``values`` (one row per sample) concatenated in rank order, and the rows of this rank.
+
+    Differentiable: in backward every rank gets the gradient of all ranks' losses with respect to its own rows
+    (nnU-Net's ``AllGatherGrad``, which its DDP Dice uses). The ranks' shares of a batch may differ by a sample (a
+    batch of 5 on 2 GPUs), so each share is padded to the largest for the exchange.
+    """
+    count = torch.tensor([values.shape[0]], device=values.device)
+    counts = [torch.zeros_like(count) for _ in range(distributed.get_world_size())]
+    distributed.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    padding = values.new_zeros((max(counts) - values.shape[0], *values.shape[1:]))
+    gathered = AllGatherGrad.apply(torch.cat((values, padding)))
+    start = sum(counts[:distributed.get_rank()])
+    return torch.cat([rows[:c] for rows, c in zip(gathered, counts)]), slice(start, start + values.shape[0])
+
+
+def merge_quality_logs(logs: Sequence[QualityLog]) -> QualityLog:
+    """One quality log from several (the DDP ranks'): each case's entries from all of them, by epoch."""
+    merged: QualityLog = {}
+    for log in logs:
+        for case, entries in log.items():
+            merged.setdefault(case, []).extend(entries)
+    return {case: sorted(entries, key=lambda entry: entry[0]) for case, entries in merged.items()}
 
 
 class QualityWeighting:
@@ -46,20 +82,35 @@ class QualityWeighting:
 
     def initialize(self):
         super().initialize()
-        if self.is_ddp:
-            raise RuntimeError(f'{self.__class__.__name__} trains on one device; DDP would not sync the QAM')
         conv_op = convert_dim_to_conv_op(len(self.configuration_manager.patch_size))
+        # the bare module: what the checkpoint, the training-end ranking and scoring use
         self.qam = QualityAssessmentNet(conv_op, self.num_input_channels + self.label_manager.num_segmentation_heads,
                                         self.qam_features).to(self.device)
         self.qam_optimizer = torch.optim.Adam(self.qam.parameters(), lr=self.qam_learning_rate)
-        # case identifier -> [(epoch, score after OCM, weight)] for every time the case was in a batch
-        self.quality_log: Dict[str, List[tuple]] = {}
+        # what training calls: the same module, under DDP in its wrapper
+        self.training_qam = self.synchronised(self.qam)
+        # case identifier -> [(epoch, score after OCM, weight)] for every time the case was in this rank's batch
+        self.quality_log: QualityLog = {}
+
+    def synchronised(self, module: nn.Module) -> nn.Module:
+        """Under DDP, ``module`` in a DistributedDataParallel wrapper, which starts every rank from rank 0's weights
+        and averages the gradients over the ranks in backward, so that all ranks' copies take the same optimiser
+        steps; without DDP the module itself. The wrapper holds the module as ``.module``, so the module's own
+        ``state_dict`` (no ``module.`` prefix) stays what a single-device run saves."""
+        if not self.is_ddp:
+            return module
+        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == 'cuda' else None)
+
+    def _build_loss(self) -> nn.Module:
+        """The trainer's own loss, kept to the tensors it is given: it is evaluated on one sample at a time
+        (``per_sample_losses``), and under DDP a Dice would otherwise add the other ranks' samples to each."""
+        return rank_local(super()._build_loss())
 
     def quality_scores(self, data: torch.Tensor, full_resolution_target: torch.Tensor) -> torch.Tensor:
         """The QAM's score of each sample, after the OCM."""
         labels = label_channels(full_resolution_target, self.label_manager.num_segmentation_heads,
                                self.label_manager.has_regions)
-        return overfitting_control(self.qam(data, labels), self.ocm_lambda)
+        return overfitting_control(self.training_qam(data, labels), self.ocm_lambda)
 
     def holds_contour(self, full_resolution_target: torch.Tensor) -> torch.Tensor:
         """Per sample: does the label hold any foreground (the ignore label does not count)?"""
@@ -73,6 +124,23 @@ class QualityWeighting:
         batch_size = (output[0] if isinstance(output, (list, tuple)) else output).shape[0]
         return torch.stack([self.loss(_sample(output, i), _sample(target, i)) for i in range(batch_size)])
 
+    def sample_weights(self, scores: torch.Tensor, judged: torch.Tensor) -> torch.Tensor:
+        """The weights of this rank's samples: ``quality_weights`` of the whole batch's scores.
+
+        Under DDP nnU-Net gives each rank a share of the batch, one sample each for the default batch of 2 on two
+        GPUs, and a softmax over one sample is always 1: the QAM would learn nothing. So the scores are gathered
+        from all ranks (with their gradients) and the softmax runs over the whole batch, as on one device and as
+        Pick-and-Learn defines it. Every rank computes all weights from the same gathered scores, so either every
+        rank's loss depends on the scores (even a share without contour: its weights 1 come out of the softmax's
+        scatter) or, in a batch without any contour, none does; the ranks join the gather's backward and the QAM's
+        all-reduce alike.
+        """
+        if not self.is_ddp:
+            return quality_weights(scores, judged=judged)
+        batch_scores, mine = gather_across_ranks(scores)
+        batch_judged, _ = gather_across_ranks(judged.float())
+        return quality_weights(batch_scores, judged=batch_judged > 0.5)[mine]
+
     def train_step(self, batch: dict) -> dict:
         data = batch['data'].to(self.device, non_blocking=True)
         target = batch['target']
@@ -84,8 +152,10 @@ class QualityWeighting:
             output = self.network(data)
             losses = self.per_sample_losses(output, target)
             full_resolution = target[0] if isinstance(target, list) else target
+            # scored after the segmentation loss, so that backward, which runs the latest operations first, does the
+            # gather's and the QAM's exchanges between the ranks before the network's, in the same order on every rank
             scores = self.quality_scores(data, full_resolution).float()
-            weights = quality_weights(scores, judged=self.holds_contour(full_resolution))
+            weights = self.sample_weights(scores, self.holds_contour(full_resolution))
             loss = (weights * losses).mean()
         optimizers = (self.optimizer, self.qam_optimizer)
         if self.grad_scaler is not None:
@@ -105,30 +175,45 @@ class QualityWeighting:
             self.quality_log.setdefault(str(key), []).append((self.current_epoch, score, weight))
         return {'loss': loss.detach().cpu().numpy()}
 
+    def gathered_quality_log(self) -> QualityLog:
+        """The quality log of all ranks (each logs the cases of its own share of the batches); without DDP this
+        rank's. Under DDP every rank must call it, at the same point."""
+        if not self.is_ddp:
+            return self.quality_log
+        logs = [None] * distributed.get_world_size()
+        distributed.all_gather_object(logs, self.quality_log)
+        return merge_quality_logs(logs)
+
     def save_checkpoint(self, filename: str) -> None:
         super().save_checkpoint(filename)
-        if self.local_rank != 0 or self.disable_checkpointing:
+        if self.disable_checkpointing:
+            return
+        log = self.gathered_quality_log()  # nnU-Net saves on every rank at the same points; rank 0 writes
+        if self.local_rank != 0:
             return
         checkpoint = torch.load(filename, map_location='cpu', weights_only=False)
         checkpoint[CHECKPOINT_KEY] = {'weights': self.qam.state_dict(), 'optimizer': self.qam_optimizer.state_dict(),
                                       'features_per_stage': list(self.qam_features), 'ocm_lambda': self.ocm_lambda,
-                                      'log': self.quality_log}
+                                      'log': log}
         write_atomically(filename, lambda temporary: torch.save(checkpoint, temporary))
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
+        # nnU-Net gets the argument as given: its load_checkpoint (2.8) reads a file name and fails on a dict
+        super().load_checkpoint(filename_or_checkpoint)
         checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
             torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
-        super().load_checkpoint(checkpoint)
         quality = checkpoint.get(CHECKPOINT_KEY)
         if quality is not None:
             self.qam.load_state_dict(quality['weights'])
             self.qam_optimizer.load_state_dict(quality['optimizer'])
-            self.quality_log = quality['log']
+            # the saved log holds all ranks' entries: rank 0 carries them on, so that the next merge counts them once
+            self.quality_log = quality['log'] if self.local_rank == 0 else {}
 
     def on_train_end(self):
         super().on_train_end()
+        log = self.gathered_quality_log()
         if self.local_rank == 0:
-            write_training_ranking(self)
+            write_training_ranking(self, log)
 
 
 class nnUNetTrainerQAM(QualityWeighting, nnUNetTrainer):
