@@ -277,3 +277,15 @@ def test_the_standalone_node_answers_echo_and_stops_on_sigterm(node, tmp_path):
         if process.poll() is None:
             process.kill()
         log.close()
+
+
+def test_the_readmes_rules_example_is_a_valid_rules_file(tmp_path):
+    readme = open(os.path.join(os.path.dirname(__file__), '..', 'README.md')).read()
+    section = readme[readme.index('## DICOM node'):]
+    example = section[section.index('```toml') + len('```toml'):section.index('```', section.index('```toml') + 7)]
+    path = tmp_path / 'rules.toml'
+    path.write_text(example)
+    rules = load_rules(str(path))
+    assert list(rules.senders) == ['TPS'] and rules.rules[0].model == 'liver' and rules.rules[0].seg
+    rule = rules.route({'ae_title': 'TPS', 'modality': 'CT', 'series_description': 'CT ABDOMEN 3mm'})
+    assert [p.ae_title for p in rules.destinations_for(rule, 'TPS', '10.0.0.5')] == ['TPS', 'ARCHIVE']
