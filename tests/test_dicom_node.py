@@ -289,3 +289,19 @@ def test_the_readmes_rules_example_is_a_valid_rules_file(tmp_path):
     assert list(rules.senders) == ['TPS'] and rules.rules[0].model == 'liver' and rules.rules[0].seg
     rule = rules.route({'ae_title': 'TPS', 'modality': 'CT', 'series_description': 'CT ABDOMEN 3mm'})
     assert [p.ae_title for p in rules.destinations_for(rule, 'TPS', '10.0.0.5')] == ['TPS', 'ARCHIVE']
+
+
+def test_a_data_folder_from_before_the_node_keeps_its_jobs_and_gains_the_delivery_columns(tmp_path):
+    import sqlite3
+    old_schema = Store.__init__.__globals__['SCHEMA'].replace(',\n    delivery TEXT, delivery_next REAL', '')
+    assert 'delivery' not in old_schema
+    with sqlite3.connect(tmp_path / 'service.sqlite3') as db:
+        db.executescript(old_schema)
+        db.execute("INSERT INTO jobs (id, owner, task, state, progress, message, created, source, input_kind, "
+                   "input_name, params) VALUES ('j1', 'alice', 'predict', 'done', 1, 'done', 0, 'web', 'nifti', "
+                   "'ct.nii.gz', '{}')")
+    store = Store(str(tmp_path))
+    job = store.job('j1')
+    assert job.owner == 'alice' and job.delivery is None and job.delivery_next is None
+    assert store.set_delivery('j1', {'state': 'pending', 'next': 5.0, 'attempts': 0, 'to': [], 'sent': []})
+    assert [j.id for j in store.due_deliveries(10.0)] == ['j1'] and store.due_deliveries(1.0) == []

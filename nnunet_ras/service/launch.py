@@ -24,7 +24,26 @@ def zip_folder(folder: str, target: str) -> str:
     return target
 
 
-class ServiceProcess:
+class _Started:
+    """A started server process (``.process``) whose output goes to the open file ``.output``."""
+    process: Optional[subprocess.Popen] = None
+
+    def stop(self, kill: bool = False) -> None:
+        """Terminates (or kills) it and waits; killed if it has not ended 30 s after SIGTERM."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            (self.process.kill if kill else self.process.terminate)()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.output.close()
+        self.process = None
+
+
+class ServiceProcess(_Started):
     """``nnunet-ras serve -m MODEL --data DATA`` on 127.0.0.1:<free port>; ``.token`` is the admin token it prints
     on its first start; its output goes to ``DATA.log``."""
 
@@ -63,19 +82,6 @@ class ServiceProcess:
         with open(self.log) as f:
             return f.read()[-3000:]
 
-    def stop(self, kill: bool = False) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            (self.process.kill if kill else self.process.terminate)()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.output.close()
-        self.process = None
-
     def add_user(self, name: str, admin: bool = False) -> str:
         """Adds a user through ``nnunet-ras serve-admin``; returns the token."""
         result = subprocess.run(['nnunet-ras', 'serve-admin', 'add-user', name, '--data', self.data] +
@@ -87,7 +93,7 @@ class ServiceProcess:
 ORTHANC = '/usr/sbin/Orthanc'  # Debian's orthanc package
 
 
-class OrthancProcess:
+class OrthancProcess(_Started):
     """Debian's Orthanc PACS on loopback with its own configuration and storage under ``folder``: DICOM port
     ``dicom_port`` (a free one by default) as AE ``aet``, REST API at ``.url``; ``modalities`` maps a name to
     (AE title, host, port) of the nodes it may send to. Its log goes to ``folder/orthanc.log``."""
@@ -98,7 +104,6 @@ class OrthancProcess:
         self.dicom_port, self.http_port = dicom_port or free_port(), free_port()
         self.url = f'http://127.0.0.1:{self.http_port}'
         self.modalities = modalities or {}
-        self.process: Optional[subprocess.Popen] = None
 
     def start(self, timeout: float = 60) -> 'OrthancProcess':
         import json
@@ -128,18 +133,6 @@ class OrthancProcess:
                     raise RuntimeError(f"Orthanc did not answer in {timeout} s; see {self.output.name}")
                 time.sleep(0.2)
 
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.output.close()
-        self.process = None
 
 
 def dicom_echo(port: int, called_ae: str, calling_ae: str = 'ECHOSCU', host: str = '127.0.0.1') -> Optional[int]:

@@ -39,7 +39,6 @@ CREATE TABLE IF NOT EXISTS jobs (
     delivery TEXT, delivery_next REAL);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, created);
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created);
-CREATE INDEX IF NOT EXISTS jobs_delivery ON jobs (delivery_next);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, user TEXT NOT NULL, action TEXT NOT NULL,
     job TEXT, detail TEXT);
@@ -95,7 +94,7 @@ class Store:
         self.path = os.path.join(data_folder, 'service.sqlite3')
         with self._connect() as db:
             db.execute('PRAGMA journal_mode=WAL')
-            db.executescript(SCHEMA.replace('CREATE INDEX IF NOT EXISTS jobs_delivery ON jobs (delivery_next);', ''))
+            db.executescript(SCHEMA)
             columns = {row['name'] for row in db.execute('PRAGMA table_info(jobs)')}
             for name, kind in ADDED_COLUMNS.items():
                 if name not in columns:
