@@ -189,8 +189,8 @@ def test_two_series_sent_at_once_come_back_as_rtstructs_that_match_the_jobs(node
         names = [s['name'] for s in job['structures']]
         assert names == ['Liver', 'GTV', 'CTV', 'PTV']
         from rt_utils import RTStructBuilder
-        assert set(RTStructBuilder.create_from(dicom_series_path=folder, rt_struct_path=rt_path).get_roi_names()) \
-            == set(names)
+        rt_utils = RTStructBuilder.create_from(dicom_series_path=folder, rt_struct_path=rt_path)
+        assert set(rt_utils.get_roi_names()) == set(names)
         read_back = plastimatch_masks(rt_path, folder)
         for index, structure in enumerate(job['structures']):
             expected_path = tmp_path / f"{job['id']}_{index}.nii.gz"
@@ -201,6 +201,12 @@ def test_two_series_sent_at_once_come_back_as_rtstructs_that_match_the_jobs(node
             if expected.any() or got.any():
                 assert dice(got.astype(np.uint8), expected.astype(np.uint8), 1) >= 0.99, (job['id'],
                                                                                            structure['name'])
+            if structure['name'] == 'PTV' and expected.any():
+                # rt-utils fills the polygon through its rounded vertices (cv2.fillPoly), so it adds the voxels the
+                # contour line passes by: on the 1-epoch model's speckled Liver / GTV that costs 0.1-0.2 Dice, on
+                # the margin-grown PTV, whose border is smooth, it reads the job's mask back
+                mask = np.moveaxis(rt_utils.get_roi_mask_by_name('PTV'), 2, 0)  # (rows, columns, slices) -> zyx
+                assert dice(mask.astype(np.uint8), expected.astype(np.uint8), 1) >= 0.99, job['id']
     assert not os.listdir(os.path.join(node.server.data, 'dicom_incoming'))  # every series became a job
 
 
