@@ -72,7 +72,7 @@ def rtstruct_count(orthanc: OrthancProcess) -> int:
                           timeout=30).json())
 
 
-def run(model: str, slices: int, tta: bool, work: str, timeout_s: float) -> dict:
+def run(model: str, slices: int, tta: bool, step_size: float, work: str, timeout_s: float) -> dict:
     ws = Workspace(os.path.join(work, 'nnunet'), nnUNet_def_n_proc='1', nnUNet_n_proc_DA='1')
     node_port = free_port()
     orthanc = OrthancProcess(os.path.join(work, 'orthanc'), 'ORTHANC',
@@ -92,7 +92,8 @@ def run(model: str, slices: int, tta: bool, work: str, timeout_s: float) -> dict
         log = open(os.path.join(work, 'node.log'), 'w')
         node = subprocess.Popen(['nnunet-ras', 'dicom-node', '-m', model, '--data', data, '--rules', rules,
                                  '--dicom_port', str(node_port), '--quiet_s', '2', '-device', 'cpu',
-                                 '--roi_names', 'tumour=GTV', 'liver=Liver'] + ([] if tta else ['--disable_tta']),
+                                 '--roi_names', 'tumour=GTV', 'liver=Liver', '-step_size', str(step_size)] +
+                                ([] if tta else ['--disable_tta']),
                                 env=ws.env, stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: dicom_echo(node_port, 'NNUNET_RAS', 'ORTHANC') is not None, 120, 'the node')
         first_store = time.time()
@@ -108,7 +109,7 @@ def run(model: str, slices: int, tta: bool, work: str, timeout_s: float) -> dict
         with open(f'/proc/{node.pid}/status') as f:  # the node's peak resident memory (its worker is a thread)
             peak_kb = next(int(line.split()[1]) for line in f if line.startswith('VmHWM:'))
         t = job.timings
-        return {'slices': slices, 'size': '512 x 512', 'tta': tta, 'model': model,
+        return {'slices': slices, 'size': '512 x 512', 'tta': tta, 'step_size': step_size, 'model': model,
                 'receive_s': round(received - first_store, 2),
                 'slices_per_s': round(slices / (received - first_store), 1),
                 'series_complete_to_job_s': round(job.created - received, 2),
@@ -130,11 +131,13 @@ def main() -> int:
     parser.add_argument('--model', default=None, help="model folder (default: make demo's)")
     parser.add_argument('--slices', type=int, default=100)
     parser.add_argument('--tta', action='store_true', help='predict with mirroring (much slower on a CPU)')
+    parser.add_argument('--step_size', type=float, default=0.5, help="the sliding window's step (-step_size)")
     parser.add_argument('--timeout_s', type=float, default=1800)
     parser.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'dicom_node'))
     parser.add_argument('--force', action='store_true', help='run again even if --out has a result')
     args = parser.parse_args()
-    result_file = os.path.join(args.out, f"result_{args.slices}{'_tta' if args.tta else ''}.json")
+    result_file = os.path.join(args.out, f"result_{args.slices}{'_tta' if args.tta else ''}"
+                                         f"{'' if args.step_size == 0.5 else f'_step{args.step_size:g}'}.json")
     if os.path.isfile(result_file) and not args.force:
         with open(result_file) as f:
             result = json.load(f)
@@ -144,13 +147,14 @@ def main() -> int:
             sys.exit(f"no trained model at {model}: run `make demo` first or give --model")
         work = tempfile.mkdtemp(prefix='bench_dicom_node_')
         try:
-            result = run(model, args.slices, args.tta, work, args.timeout_s)
+            result = run(model, args.slices, args.tta, args.step_size, work, args.timeout_s)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         os.makedirs(args.out, exist_ok=True)
         with open(result_file, 'w') as f:
             json.dump(result, f, indent=2)
     print(f"DICOM node, {result['size']} x {result['slices']} CT, {'with' if result['tta'] else 'no'} TTA, "
+          f"step size {result.get('step_size', 0.5):g}, "
           f"{os.cpu_count()} CPU cores, no GPU\n")
     print('| receive | series complete -> job | queue | preprocess | predict | export | send | first C-STORE -> '
           'RTSTRUCT in PACS | receive rate |')

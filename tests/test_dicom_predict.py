@@ -8,6 +8,7 @@ import glob
 import json
 import os
 import pickle
+import subprocess
 
 import numpy as np
 import pydicom
@@ -232,4 +233,31 @@ def test_predict_refuses_unknown_cleanup_names_before_running_the_model(trained,
     result = ws.run(['nnunet-ras', 'predict', '-i', image, '-o', str(tmp_path / 'out'), '-m', model, '-f', '0',
                      '-device', 'cpu', '--min_island_cc', 'Spleen=1'], check=False)
     assert result.returncode == 2 and "'Spleen'" in result.stderr and 'does not predict' in result.stderr
+    assert not os.path.exists(tmp_path / 'out')
+
+
+def test_step_size_sets_how_many_tiles_the_window_takes(trained, tmp_path, monkeypatch):
+    from nnunet_ras.dicom.predict import predict_probabilities
+    ws, model = trained
+    for key, value in ws.env.items():
+        monkeypatch.setenv(key, value)
+    image = sitk.ReadImage(sorted(glob.glob(ws.path('nnUNet_raw', 'Dataset990_TinyPhantom', 'imagesTs',
+                                                   '*_0000.nii.gz')))[0])
+    wide = sitk.GetImageFromArray(np.tile(sitk.GetArrayFromImage(image), (1, 2, 2)))  # larger than one patch
+    wide.SetSpacing(image.GetSpacing())
+    wide.SetOrigin(image.GetOrigin())
+    wide.SetDirection(image.GetDirection())
+    path = str(tmp_path / 'wide_0000.nii.gz')
+    sitk.WriteImage(wide, path)
+    tiles = {}
+    for step in (0.5, 1.0):
+        calls = []
+        labels, _ = predict_probabilities([model], ['0'], 'checkpoint_final.pth', path, 'cpu', False, str(tmp_path),
+                                          lambda stage, fraction: calls.append((stage, fraction)), step_size=step)
+        tiles[step] = sum(1 for stage, fraction in calls if stage == 'predicting' and fraction > 0)
+        assert labels.GetSize() == wide.GetSize()
+    assert 0 < tiles[1.0] < tiles[0.5], tiles
+    refused = subprocess.run(['nnunet-ras', 'predict', '-i', path, '-o', str(tmp_path / 'out'), '-m', model,
+                              '-step_size', '1.5'], env=ws.env, capture_output=True, text=True)
+    assert refused.returncode == 2 and 'at most 1' in refused.stderr
     assert not os.path.exists(tmp_path / 'out')

@@ -88,7 +88,7 @@ def _predict(args) -> int:
     report = predict_case(args.i, args.o, model_folders(args), args.f, args.chk, device,
                           not args.disable_tta, parse_style(args.roi_names, args.roi_colors, args.roi_types),
                           [parse_margin(m) for m in args.margin], args.series_uid, args.allow_missing_identity,
-                          cleanup, args.overwrite)
+                          cleanup, args.overwrite, step_size=args.step_size)
     for step in report['cleanup']:
         change = f"{step['removed_cc']:.2f} cc removed" if 'removed_cc' in step else f"{step['added_cc']:.2f} cc added"
         print(f"clean-up: {step['structure']}: {step['step']}: {change}")
@@ -110,6 +110,14 @@ def _dicom_phantom(args) -> int:
     return 0
 
 
+def _step_size(text: str) -> float:
+    from nnunet_ras.dicom.predict import check_step_size
+    try:
+        return check_step_size(float(text))
+    except (ValueError, DicomError) as e:
+        raise argparse.ArgumentTypeError(str(e) if isinstance(e, DicomError) else f"{text!r} is not a number")
+
+
 def add_model_arguments(p: argparse.ArgumentParser, default: str = '') -> None:
     """The options that name a trained model (read by ``model_folders``), as nnUNetv2_predict has them."""
     p.add_argument('-m', '--model', dest='m', nargs='+', default=None,
@@ -120,7 +128,12 @@ def add_model_arguments(p: argparse.ArgumentParser, default: str = '') -> None:
     p.add_argument('-p', default='nnUNetPlans', help='plans identifier (with -d)')
     p.add_argument('-f', nargs='+', default=None, help='folds (default: all trained folds)')
     p.add_argument('-chk', default='checkpoint_final.pth', help='checkpoint name')
-    p.add_argument('--disable_tta', action='store_true', help='no mirroring at test time (faster, a bit worse)')
+    p.add_argument('--disable_tta', action='store_true',
+                   help='no mirroring at test time: 8 x fewer network evaluations in 3D (4 x in 2D), slightly '
+                        'worse contours')
+    p.add_argument('-step_size', type=_step_size, default=0.5,
+                   help="sliding-window step as a fraction of the patch, as nnUNetv2_predict's (default 0.5: tiles "
+                        "overlap by half; 1: no overlap, up to 8 x fewer tiles in 3D, less smoothing at tile borders)")
 
 
 def add_dicom_commands(subparsers) -> None:

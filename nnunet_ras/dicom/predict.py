@@ -200,13 +200,23 @@ def _tile_counting_predictor(on_tiles: Callable[[int], None], on_tile: Callable[
     return TileCountingPredictor
 
 
+def check_step_size(step_size: float) -> float:
+    """The sliding window's step, as a fraction of the patch: more than 0 (tiles would not move), at most 1 (gaps
+    between tiles would never be predicted)."""
+    if not 0 < step_size <= 1:
+        raise DicomError(f"step size {step_size:g}: must be more than 0 and at most 1 (a fraction of the patch; "
+                         f"nnU-Net's default 0.5, 1 for tiles that do not overlap)")
+    return step_size
+
+
 def predict_probabilities(model_folders: Sequence[str], folds: Optional[Sequence[str]], checkpoint: str,
                           image_path: str, device: str, use_mirroring: bool, workdir: str,
-                          progress: Progress = _ignore_progress) -> Tuple[sitk.Image, dict]:
+                          progress: Progress = _ignore_progress, step_size: float = 0.5) -> Tuple[sitk.Image, dict]:
     """(label map on the input grid, dataset.json) from the mean of the models' probabilities.
 
     The model folders must have passed ``check_model_folders``; ``workdir`` takes the temporary label file.
-    ``progress`` hears of preprocessing and of every sliding-window tile (see ``Progress``).
+    ``progress`` hears of preprocessing and of every sliding-window tile (see ``Progress``). ``step_size`` is the
+    sliding window's step as a fraction of the patch (nnU-Net's ``-step_size``).
 
     The plugin's trainers are added to ``nnUNet_extTrainer`` for the lookup, so its models need no extra setup.
     """
@@ -232,7 +242,8 @@ def predict_probabilities(model_folders: Sequence[str], folds: Optional[Sequence
     mean, label_manager, dataset_json, properties, reader = None, None, None, None, None
     predictors = []
     for folder in model_folders:
-        predictor = predictor_class(use_mirroring=use_mirroring, device=torch.device(device), allow_tqdm=False)
+        predictor = predictor_class(tile_step_size=step_size, use_mirroring=use_mirroring,
+                                    device=torch.device(device), allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(folder, tuple(folds) if folds else None, checkpoint)
         predictors.append(predictor)
     tiles['passes'] = sum(len(p.list_of_parameters) for p in predictors)
@@ -266,7 +277,8 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
                  device: str = 'cpu', use_mirroring: bool = True, style: RoiStyle = RoiStyle(),
                  margins: Sequence[MarginSpec] = (), series_uid: Optional[str] = None,
                  allow_missing_identity: bool = False, cleanup: Cleanup = Cleanup(), overwrite: bool = False,
-                 progress: Progress = _ignore_progress, report_extra: Optional[dict] = None) -> dict:
+                 progress: Progress = _ignore_progress, report_extra: Optional[dict] = None,
+                 step_size: float = 0.5) -> dict:
     """Predicts one case into ``output_folder``: ``<case>.nii.gz`` (model labels, after ``cleanup``), one NIfTI mask
     per margin structure, for DICOM input ``<case>_RTSTRUCT.dcm`` and ``<case>_SEG.dcm``, and ``<case>_report.json``
     (volumes, clean-up, files, warnings, and ``report_extra``).
@@ -276,6 +288,7 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
     are written into a hidden folder next to it, which is renamed onto it when complete. The DICOM CT's NIfTI copy
     for nnU-Net lives in that folder too, never in /tmp.
     """
+    check_step_size(step_size)
     model = check_model_folders(model_folders, folds, checkpoint)
     check_output_folder(output_folder, overwrite)
     series, warnings = check_input(input_path, series_uid, model, allow_missing_identity)
@@ -296,7 +309,7 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
             nifti = input_path
         try:
             segmentation, _ = predict_probabilities(model_folders, folds, checkpoint, nifti, device,
-                                                    use_mirroring, work, progress)
+                                                    use_mirroring, work, progress, step_size)
         finally:
             if series is not None and os.path.exists(nifti):
                 os.remove(nifti)

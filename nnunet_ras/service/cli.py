@@ -51,7 +51,7 @@ def _served_model(args):
                                  f"{folders[0]}: run `make demo` (or `nnunet-ras demo`) in this folder first, or "
                                  f"give -m")
     return ServedModel(folders, args.f, args.chk, not args.disable_tta, args.postprocessing,
-                       parse_style(args.roi_names, args.roi_colors, []), defaults)
+                       parse_style(args.roi_names, args.roi_colors, []), defaults, args.step_size)
 
 
 def _rules_model(entry: dict, name: str, rules_path: str):
@@ -65,9 +65,11 @@ def _rules_model(entry: dict, name: str, rules_path: str):
         style = parse_style([f"{k}={v}" for k, v in entry.get('roi_names', {}).items()],
                             [f"{k}={','.join(str(c) for c in v)}" for k, v in entry.get('roi_colors', {}).items()],
                             [])
+        from nnunet_ras.dicom.predict import check_step_size
         return ServedModel(folders, [str(f) for f in entry['folds']] if 'folds' in entry else None,
                            entry.get('checkpoint', 'checkpoint_final.pth'), not entry.get('disable_tta', False),
-                           entry.get('postprocessing', 'auto'), style)
+                           entry.get('postprocessing', 'auto'), style,
+                           step_size=check_step_size(float(entry.get('step_size', 0.5))))
     except UserInputError as e:
         raise UserInputError(f"{rules_path} [models.{name}]: {e}") from None
 

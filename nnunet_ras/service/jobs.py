@@ -109,7 +109,7 @@ class _Runner:
                                       params.get('checkpoint', 'checkpoint_final.pth'), self.settings.device,
                                       params.get('use_mirroring', True), style, margins,
                                       cleanup=Cleanup(params.get('postprocessing', 'auto')), overwrite=True,
-                                      progress=self.progress,
+                                      progress=self.progress, step_size=params.get('step_size', 0.5),
                                       report_extra={'job': {'id': job.id, 'owner': job.owner, 'source': job.source,
                                                             'input': job.input_name},
                                                     'model_card': params.get('model_card')})

@@ -100,6 +100,7 @@ class ServedModel:
     postprocessing: str = 'auto'
     style: RoiStyle = field(default_factory=RoiStyle)
     defaults: Optional[dict] = None  # card entries its model_card.json does not give (the demo's)
+    step_size: float = 0.5  # the sliding window's step (a fraction of the patch)
 
     def __post_init__(self):
         self.info: ModelInfo = check_model_folders(self.folders, self.folds, self.checkpoint)
@@ -119,7 +120,7 @@ class ServedModel:
                    **extra) -> dict:
         """What a worker needs to run a job of this model (the job table's ``params``)."""
         return {'input': predict_path, 'view': view_path, 'models': self.folders, 'folds': self.folds,
-                'checkpoint': self.checkpoint, 'use_mirroring': self.use_mirroring,
+                'checkpoint': self.checkpoint, 'use_mirroring': self.use_mirroring, 'step_size': self.step_size,
                 'postprocessing': self.postprocessing, 'roi_names': self.roi_names, 'roi_colors': self.roi_colors,
                 'margins': list(margins), 'has_quality': self.card.get('has_quality', False),
                 'model_card': self.card, 'warnings': list(warnings), **extra}
