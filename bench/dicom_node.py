@@ -103,7 +103,9 @@ def run(model: str, slices: int, tta: bool, step_size: float, work: str, timeout
         received = time.time()
         wait_for(lambda: rtstruct_count(orthanc) >= 1, timeout_s, 'the RTSTRUCT in Orthanc', step=0.5)
         arrived = time.time()
-        job = Store(data).jobs()[0]
+        store = Store(data)  # the node records the delivery just after Orthanc has the file
+        job = wait_for(lambda: next((j for j in store.jobs() if (j.delivery or {}).get('state') == 'sent'), None),
+                       60, 'the delivery recorded')
         if job.state != 'done':
             raise RuntimeError(f'the job {job.state}: {job.error}')
         with open(f'/proc/{node.pid}/status') as f:  # the node's peak resident memory (its worker is a thread)
