@@ -64,13 +64,13 @@ def _reset_peak_rss() -> int:
     return _status_kb('VmRSS')
 
 
-def measure(plans_file: str, dataset_json: str, network: str, iterations: int) -> dict:
-    """Runs in a fresh process: builds one network from the plans, times forward+backward+step on CPU."""
+def training_step(plans_file: str, dataset_json: str, network: str):
+    """(network, batch, configuration, step): ``network`` built from the plans as its trainer builds it, a random
+    batch of the plans' patch and batch size, and one forward + backward + SGD step on it (CPU, all cores)."""
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from torch.utils.flop_counter import FlopCounterMode
     from nnunet_ras.training import nnUNetTrainerRAS
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -85,15 +85,23 @@ def measure(plans_file: str, dataset_json: str, network: str, iterations: int) -
     net = trainer.build_network_architecture(plans, config, channels, labels.num_segmentation_heads, True)
     x = torch.randn(config.batch_size, channels, *config.patch_size)
     optimizer = torch.optim.SGD(net.parameters(), 1e-2, momentum=0.99, nesterov=True)
-    with FlopCounterMode(display=False) as counter:
-        net(x[:1])
-    macs_per_patch = counter.get_total_flops() / 2
 
     def step():
         outputs = net(x)
         sum(o.float().mean() for o in outputs).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    return net, x, config, step
+
+
+def measure(plans_file: str, dataset_json: str, network: str, iterations: int) -> dict:
+    """Runs in a fresh process: builds one network from the plans, times forward+backward+step on CPU."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net, x, config, step = training_step(plans_file, dataset_json, network)
+    with FlopCounterMode(display=False) as counter:
+        net(x[:1])
+    macs_per_patch = counter.get_total_flops() / 2
 
     step()  # warm-up (allocator, kernel selection)
     rss_baseline = _reset_peak_rss()

@@ -17,30 +17,10 @@ sys.path.insert(0, ROOT)
 
 
 def profile(plans_file: str, dataset_json: str, network: str, top: int) -> None:
-    import torch
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from torch.profiler import ProfilerActivity, profile as torch_profile
-    from nnunet_ras.training import nnUNetTrainerRAS
+    from bench.bench_network import training_step
 
-    torch.set_num_threads(os.cpu_count() or 1)
-    torch.manual_seed(0)
-    plans = PlansManager(load_json(plans_file))
-    config = plans.get_configuration('3d_fullres')
-    labels = plans.get_label_manager(load_json(dataset_json))
-    channels = len(load_json(dataset_json)['channel_names'])
-    trainer = nnUNetTrainerRAS if network == 'RAS U-Net' else nnUNetTrainer
-    net = trainer.build_network_architecture(plans, config, channels, labels.num_segmentation_heads, True)
-    x = torch.randn(config.batch_size, channels, *config.patch_size)
-    optimizer = torch.optim.SGD(net.parameters(), 1e-2, momentum=0.99, nesterov=True)
-
-    def step():
-        outputs = net(x)
-        sum(o.float().mean() for o in outputs).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
+    _, _, config, step = training_step(plans_file, dataset_json, network)
     step()
     with torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
