@@ -22,7 +22,6 @@ import tempfile
 import time
 
 import httpx
-import numpy as np
 import SimpleITK as sitk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

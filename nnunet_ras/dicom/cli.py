@@ -131,7 +131,8 @@ def add_model_arguments(p: argparse.ArgumentParser, default: str = '') -> None:
     p.add_argument('--disable_tta', action='store_true',
                    help='no mirroring at test time: 8 x fewer network evaluations in 3D (4 x in 2D), slightly '
                         'worse contours')
-    p.add_argument('-step_size', type=_step_size, default=0.5,
+    from nnunet_ras.dicom.predict import DEFAULT_STEP_SIZE
+    p.add_argument('-step_size', type=_step_size, default=DEFAULT_STEP_SIZE,
                    help="sliding-window step as a fraction of the patch, as nnUNetv2_predict's (default 0.5: tiles "
                         "overlap by half; 1: no overlap, up to 8 x fewer tiles in 3D, less smoothing at tile borders)")
 

@@ -200,6 +200,9 @@ def _tile_counting_predictor(on_tiles: Callable[[int], None], on_tile: Callable[
     return TileCountingPredictor
 
 
+DEFAULT_STEP_SIZE = 0.5  # nnU-Net's: tiles overlap by half
+
+
 def check_step_size(step_size: float) -> float:
     """The sliding window's step, as a fraction of the patch: more than 0 (tiles would not move), at most 1 (gaps
     between tiles would never be predicted)."""
@@ -211,7 +214,8 @@ def check_step_size(step_size: float) -> float:
 
 def predict_probabilities(model_folders: Sequence[str], folds: Optional[Sequence[str]], checkpoint: str,
                           image_path: str, device: str, use_mirroring: bool, workdir: str,
-                          progress: Progress = _ignore_progress, step_size: float = 0.5) -> Tuple[sitk.Image, dict]:
+                          progress: Progress = _ignore_progress,
+                          step_size: float = DEFAULT_STEP_SIZE) -> Tuple[sitk.Image, dict]:
     """(label map on the input grid, dataset.json) from the mean of the models' probabilities.
 
     The model folders must have passed ``check_model_folders``; ``workdir`` takes the temporary label file.
@@ -278,7 +282,7 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
                  margins: Sequence[MarginSpec] = (), series_uid: Optional[str] = None,
                  allow_missing_identity: bool = False, cleanup: Cleanup = Cleanup(), overwrite: bool = False,
                  progress: Progress = _ignore_progress, report_extra: Optional[dict] = None,
-                 step_size: float = 0.5) -> dict:
+                 step_size: float = DEFAULT_STEP_SIZE) -> dict:
     """Predicts one case into ``output_folder``: ``<case>.nii.gz`` (model labels, after ``cleanup``), one NIfTI mask
     per margin structure, for DICOM input ``<case>_RTSTRUCT.dcm`` and ``<case>_SEG.dcm``, and ``<case>_report.json``
     (volumes, clean-up, files, warnings, and ``report_extra``).

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import zipfile
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -151,8 +151,8 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             structures.append({'name': s['name'], 'type': s['type'], 'color': list(color),
                                'volume_cc': found['volumes_cc'].get(s['name']),
                                'url': f'{base}/structures/{index}.nii.gz'})
-        files = {'image': f'{base}/files/image.nii.gz' if job.params.get('view') else None, 'labels': None, 'report': None, 'rtstruct': None,
-                 'seg': None, 'zip': None}
+        files = {'image': f'{base}/files/image.nii.gz' if job.params.get('view') else None, 'labels': None,
+                 'report': None, 'rtstruct': None, 'seg': None, 'zip': None}
         if found:
             case = found['case']
             folder = result_folder(settings.queue.data_folder, job.id)
@@ -252,7 +252,7 @@ def create_app(settings: ServiceSettings) -> FastAPI:
             raise HTTPException(409, f'job {job.id} is {job.state}; only a finished job\'s results can be sent')
         if (job.delivery or {}).get('state') == 'sending':
             raise HTTPException(409, f'job {job.id} is being sent right now')
-        if not store.set_delivery(job.id, new_delivery(job.params['deliver'])):
+        if not store.set_delivery(job.id, new_delivery()):
             raise HTTPException(409, f'job {job.id} changed meanwhile; try again')
         store.log(who.name, 'results to be sent again', job.id)
         return view(store.job(job.id))

@@ -56,7 +56,7 @@ def _served_model(args):
 
 def _rules_model(entry: dict, name: str, rules_path: str):
     """A [models.NAME] table of the rules file as a served model; relative folders are relative to the file."""
-    from nnunet_ras.dicom.predict import parse_style
+    from nnunet_ras.dicom.predict import DEFAULT_STEP_SIZE, parse_style
     from nnunet_ras.service.models import ServedModel
     base = os.path.dirname(rules_path)
     folders = [os.path.join(base, os.path.expanduser(str(m))) for m in
@@ -65,11 +65,12 @@ def _rules_model(entry: dict, name: str, rules_path: str):
         style = parse_style([f"{k}={v}" for k, v in entry.get('roi_names', {}).items()],
                             [f"{k}={','.join(str(c) for c in v)}" for k, v in entry.get('roi_colors', {}).items()],
                             [])
-        from nnunet_ras.dicom.predict import check_step_size
+        step_size = entry.get('step_size', DEFAULT_STEP_SIZE)
+        if not isinstance(step_size, (int, float)) or isinstance(step_size, bool):
+            raise UserInputError(f"step_size {step_size!r} is not a number")
         return ServedModel(folders, [str(f) for f in entry['folds']] if 'folds' in entry else None,
                            entry.get('checkpoint', 'checkpoint_final.pth'), not entry.get('disable_tta', False),
-                           entry.get('postprocessing', 'auto'), style,
-                           step_size=check_step_size(float(entry.get('step_size', 0.5))))
+                           entry.get('postprocessing', 'auto'), style, step_size=float(step_size))
     except UserInputError as e:
         raise UserInputError(f"{rules_path} [models.{name}]: {e}") from None
 
@@ -94,14 +95,14 @@ def _node_settings(args, default_model, store):
         if sender.owner not in users:
             print(f"note: [senders.{sender.ae_title}] owner {sender.owner!r} is not a user of the service: only "
                   f"admins see its jobs (add it with: nnunet-ras serve-admin add-user {sender.owner})", flush=True)
-    node = rules.node
-
-    def option(name, default):
-        value = getattr(args, name)
-        return value if value is not None else node.get(name, default)
-    return NodeSettings(rules, models, check_ae_title(option('ae_title', 'NNUNET_RAS'), '--ae_title'),
-                        args.dicom_host or args.host, option('dicom_port', node.get('port', 11112)),
-                        option('quiet_s', 10.0), option('send_attempts', 8), option('send_backoff_s', 5.0))
+    chosen = dict(rules.node)  # the rules' [node] table (checked), then the command line; NodeSettings has defaults
+    for option, setting in (('ae_title', 'ae_title'), ('dicom_port', 'port'), ('quiet_s', 'quiet_s'),
+                            ('send_attempts', 'send_attempts'), ('send_backoff_s', 'send_backoff_s')):
+        if getattr(args, option) is not None:
+            chosen[setting] = getattr(args, option)
+    if 'ae_title' in chosen:
+        chosen['ae_title'] = check_ae_title(chosen['ae_title'], '--ae_title')
+    return NodeSettings(rules, models, host=args.dicom_host or args.host, **chosen)
 
 
 def _start_message(store, data_folder: str, host: str) -> None:

@@ -24,7 +24,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import pydicom
 from pynetdicom import AE, _config, evt
@@ -36,7 +36,7 @@ from nnunet_ras._io import write_json_atomically
 from nnunet_ras.service.jobs import JobQueue, job_folder, result_folder
 from nnunet_ras.service.models import ServedModel
 from nnunet_ras.service.rules import DEFAULT_OWNER, NodeRules, Peer
-from nnunet_ras.service.store import Job, Store, new_delivery, new_job_id
+from nnunet_ras.service.store import Job, Store, new_job_id
 from nnunet_ras.service.uploads import UploadRefused, check_dicom_input
 
 log = logging.getLogger('nnunet_ras.service.dicom')
@@ -255,10 +255,9 @@ class DicomNode:
     def _refused(self, owner: str, source: str, name: str, meta: dict, job_id: str, reason: str,
                  received: dict) -> Job:
         log.warning('series %s from %s refused: %s', meta['series_uid'], meta['calling_ae'], reason)
-        view = os.path.join(job_folder(self.data_folder, job_id), 'input', 'image.nii.gz')
+        # refused before the viewer's image was written: the job has none
         return self.store.add_job(owner, source, 'dicom', name, meta.get('patient'),
-                                  {'view': view if os.path.isfile(view) else None, 'received': received},
-                                  job_id, refused=reason)
+                                  {'view': None, 'received': received}, job_id, refused=reason)
 
     # delivery
     def _deliver_due(self) -> None:
@@ -281,7 +280,7 @@ class DicomNode:
         except (OSError, IndexError, KeyError, ValueError) as e:
             files, errors = [], [f"its results cannot be read ({e})"]
         for peer in job.params['deliver'] if files else []:
-            if peer['name'] in delivery['sent'] or peer['name'] not in delivery['to']:
+            if peer['name'] in delivery['sent']:
                 continue
             try:
                 self.send(Peer(**peer), files)

@@ -21,7 +21,7 @@ from huey.consumer import Consumer
 
 from nnunet_ras.dicom.margins import parse_margin
 from nnunet_ras.dicom.postprocess import Cleanup
-from nnunet_ras.dicom.predict import RoiStyle, predict_case, remargin_case
+from nnunet_ras.dicom.predict import DEFAULT_STEP_SIZE, RoiStyle, predict_case, remargin_case
 from nnunet_ras.errors import UserInputError
 from nnunet_ras.service.store import Job, Store, new_delivery
 
@@ -109,7 +109,7 @@ class _Runner:
                                       params.get('checkpoint', 'checkpoint_final.pth'), self.settings.device,
                                       params.get('use_mirroring', True), style, margins,
                                       cleanup=Cleanup(params.get('postprocessing', 'auto')), overwrite=True,
-                                      progress=self.progress, step_size=params.get('step_size', 0.5),
+                                      progress=self.progress, step_size=params.get('step_size', DEFAULT_STEP_SIZE),
                                       report_extra={'job': {'id': job.id, 'owner': job.owner, 'source': job.source,
                                                             'input': job.input_name},
                                                     'model_card': params.get('model_card')})
@@ -118,7 +118,7 @@ class _Runner:
             self._close_stage(time.time())
             self.timings['total'] = round(time.time() - start, 2)
             # a DICOM node's job is sent on by the node's delivery thread (also after new margins)
-            delivery = {'delivery': new_delivery(params['deliver'])} if params.get('deliver') else {}
+            delivery = {'delivery': new_delivery()} if params.get('deliver') else {}
             if not self.store.finish(job, 'done', 'done', quality=quality, timings=self.timings, **delivery):
                 raise JobGone(job.id)
             self.store.log(job.owner, f'job done ({job.task})', job.id, f"{self.timings['total']} s on {job.worker}")

@@ -42,6 +42,22 @@ class _Started:
         self.output.close()
         self.process = None
 
+    def _wait_until_answers(self, url: str, timeout: float, name: str, tail) -> None:
+        """Polls ``url`` until it answers; stops the process and raises (with ``tail()``, what it printed) when it
+        exits or does not answer within ``timeout`` seconds."""
+        deadline = time.time() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {self.process.returncode}:\n{tail()}")
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                return
+            except OSError:
+                if time.time() > deadline:
+                    self.stop(kill=True)
+                    raise RuntimeError(f"{name} did not answer in {timeout} s:\n{tail()}")
+                time.sleep(0.2)
+
 
 class ServiceProcess(_Started):
     """``nnunet-ras serve -m MODEL --data DATA`` on 127.0.0.1:<free port>; ``.token`` is the admin token it prints
@@ -53,7 +69,6 @@ class ServiceProcess(_Started):
         self.url = f'http://127.0.0.1:{self.port}'
         self.token: Optional[str] = None
         self.log = data + '.log'
-        self.process: Optional[subprocess.Popen] = None
 
     def start(self, timeout: float = 120) -> 'ServiceProcess':
         os.makedirs(self.data, exist_ok=True)
@@ -62,18 +77,7 @@ class ServiceProcess(_Started):
                                          str(self.port), '-device', 'cpu', *self.extra],
                                         env={**self.env, 'PYTHONUNBUFFERED': '1'}, stdout=self.output,
                                         stderr=subprocess.STDOUT)
-        deadline = time.time() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.process.returncode}:\n{self._tail()}")
-            try:
-                urllib.request.urlopen(self.url + '/openapi.json', timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    self.stop(kill=True)
-                    raise RuntimeError(f"serve did not answer in {timeout} s:\n{self._tail()}")
-                time.sleep(0.3)
+        self._wait_until_answers(self.url + '/openapi.json', timeout, 'serve', self._tail)
         tokens = re.findall(r'nrs_[0-9a-f]+_[A-Za-z0-9_-]+', open(self.log).read())
         self.token = self.token or (tokens[0] if tokens else None)
         return self
@@ -120,19 +124,8 @@ class OrthancProcess(_Started):
             json.dump(config, f, indent=2)
         self.output = open(os.path.join(self.folder, 'orthanc.log'), 'a')
         self.process = subprocess.Popen([ORTHANC, path], stdout=self.output, stderr=subprocess.STDOUT)
-        deadline = time.time() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self.process.returncode}; see {self.output.name}")
-            try:
-                urllib.request.urlopen(self.url + '/system', timeout=2)
-                return self
-            except OSError:
-                if time.time() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"Orthanc did not answer in {timeout} s; see {self.output.name}")
-                time.sleep(0.2)
-
+        self._wait_until_answers(self.url + '/system', timeout, 'Orthanc', lambda: f"see {self.output.name}")
+        return self
 
 
 def dicom_echo(port: int, called_ae: str, calling_ae: str = 'ECHOSCU', host: str = '127.0.0.1') -> Optional[int]:

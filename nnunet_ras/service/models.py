@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from nnunet_ras.dicom.margins import check_margins, parse_margin
-from nnunet_ras.dicom.predict import ModelInfo, RoiStyle, check_model_folders
+from nnunet_ras.dicom.predict import DEFAULT_STEP_SIZE, ModelInfo, RoiStyle, check_model_folders, check_step_size
 from nnunet_ras.quality.weighting import CHECKPOINT_KEY
 
 CARD_FILE = 'model_card.json'
@@ -52,10 +52,10 @@ def has_quality_module(model_folder: str, folds: Sequence[str], checkpoint: str)
 
 
 def model_card(model_folders: Sequence[str], folds: Optional[Sequence[str]], checkpoint: str,
-               defaults: Optional[dict] = None) -> dict:
+               defaults: Optional[dict] = None, info: Optional[ModelInfo] = None) -> dict:
     """The card of the served model (several folders: an ensemble); ``defaults`` fill what ``model_card.json``
-    does not say."""
-    info: ModelInfo = check_model_folders(model_folders, folds, checkpoint)
+    does not say; ``info``: the folders' ``check_model_folders``, when the caller has it already."""
+    info = info or check_model_folders(model_folders, folds, checkpoint)
     first = os.path.normpath(model_folders[0])
     trainer, plans, configuration = (os.path.basename(first).split('__') + ['', '', ''])[:3]
     dataset = os.path.basename(os.path.dirname(first))
@@ -100,11 +100,12 @@ class ServedModel:
     postprocessing: str = 'auto'
     style: RoiStyle = field(default_factory=RoiStyle)
     defaults: Optional[dict] = None  # card entries its model_card.json does not give (the demo's)
-    step_size: float = 0.5  # the sliding window's step (a fraction of the patch)
+    step_size: float = DEFAULT_STEP_SIZE  # the sliding window's step (a fraction of the patch)
 
     def __post_init__(self):
+        check_step_size(self.step_size)
         self.info: ModelInfo = check_model_folders(self.folders, self.folds, self.checkpoint)
-        self.card = model_card(self.folders, self.folds, self.checkpoint, self.defaults)
+        self.card = model_card(self.folders, self.folds, self.checkpoint, self.defaults, self.info)
         self.roi_names = {**self.card['roi_names'], **self.style.names}
         self.roi_colors = {**self.card['roi_colors'], **{k: list(v) for k, v in self.style.colors.items()}}
 

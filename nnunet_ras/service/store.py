@@ -316,10 +316,10 @@ class Store:
         return [dict(r) for r in rows]
 
 
-def new_delivery(destinations: List[dict], now: Optional[float] = None) -> dict:
-    """A delivery due now to every destination (dicts with name, ae_title, host, port)."""
-    return {'state': 'pending', 'attempts': 0, 'next': now or time.time(), 'error': None,
-            'to': [d['name'] for d in destinations], 'sent': []}
+def new_delivery() -> dict:
+    """A delivery due now to every destination of the job (its ``params['deliver']``); ``sent`` names those
+    reached."""
+    return {'state': 'pending', 'attempts': 0, 'next': time.time(), 'error': None, 'sent': []}
 
 
 def _encoded(fields: dict) -> dict:
