@@ -5,6 +5,7 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
 from nnunet_ras.networks import IntensityWindow, RASConv, RASUNet, SeparableConv, SpatialAttention, build_ras_unet
+from nnunet_ras.networks.blocks import Dropout, InstanceNorm
 from nnunet_ras.networks.ras_unet import ras_kwargs_from_plan
 
 torch.manual_seed(0)
@@ -64,7 +65,7 @@ def test_ras_conv_residual_identity_and_projection():
     projected = RASConv(nn.Conv3d, 4, 8, nn.InstanceNorm3d, {'affine': True}, nn.LeakyReLU, {'inplace': True})
     assert isinstance(identity.residual, nn.Identity)
     assert tuple(projected.residual[0].weight.shape) == (8, 4, 1, 1, 1)
-    assert isinstance(projected.residual[1], nn.InstanceNorm3d)
+    assert isinstance(projected.residual[1], InstanceNorm)  # nn.InstanceNorm3d's arithmetic, see below
     for block, channels in ((identity, 8), (projected, 4)):
         x = torch.randn(2, channels, 4, 8, 8)
         full = block(x)
@@ -130,6 +131,86 @@ def test_dropout_only_in_training_and_only_in_the_encoder():
     torch.testing.assert_close(net(x), net(x))
     net.train()
     assert not torch.allclose(net(x), net(x))
+
+
+@pytest.mark.parametrize('affine', [True, False])
+@pytest.mark.parametrize('layout', ['channels_last', 'contiguous'])
+def test_instance_norm_matches_pytorchs_forward_and_backward(affine, layout):
+    """The layout-keeping instance norm computes nn.InstanceNorm3d's values and gradients, and reads its weights."""
+    x = torch.randn(3, 5, 4, 6, 7, dtype=torch.float64)
+    if layout == 'channels_last':
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_()
+    reference, ours = nn.InstanceNorm3d(5, affine=affine).double(), InstanceNorm(5, affine=affine).double()
+    if affine:
+        with torch.no_grad():
+            reference.weight.uniform_(0.5, 2.)
+            reference.bias.normal_()
+    ours.load_state_dict(reference.state_dict())  # same keys: checkpoints load either way
+    grad = torch.randn(3, 5, 4, 6, 7, dtype=torch.float64)
+    expected = reference(x), torch.autograd.grad(reference(x), [x, *reference.parameters()], grad)
+    y = ours(x)
+    torch.testing.assert_close(y, expected[0])
+    torch.testing.assert_close(torch.autograd.grad(y, [x, *ours.parameters()], grad), expected[1])
+    assert y.is_contiguous(memory_format=torch.channels_last_3d) == (layout == 'channels_last')
+    with pytest.raises(ValueError, match='running statistics'):
+        InstanceNorm(5, track_running_stats=True)
+
+
+def test_dropout_zeroes_p_and_scales_the_rest_with_a_one_byte_mask():
+    drop = Dropout(0.5)
+    x = torch.rand(4, 8, 16, 32, 32) + 1.
+    x.requires_grad_()
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.5) < 0.01
+    torch.testing.assert_close(y[kept], 2 * x.detach()[kept])
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, 2. * kept)  # the gradient flows through the kept elements only
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        drop(x)
+    assert [t.dtype for t in saved] == [torch.bool]  # nn.Dropout keeps a float mask on the CPU
+    drop.eval()
+    assert drop(x) is x
+
+
+@pytest.mark.parametrize('dim', [2, 3])
+def test_gradients_of_the_memory_saving_forms_are_exact(dim):
+    """RAS U-Net trains with its attention maps, separable-conv intermediates, pooling and projection shortcuts
+    recomputed in the backward pass, in the channels-last layout, with the layout-keeping instance norm: the
+    gradients must be those of the function, checked against finite differences."""
+    net = build_ras_unet(_kwargs(dim, n_stages=2, features=(2, 4)), 1, 2).double().eval()  # eval: no dropout
+    x = torch.randn(2, 1, *([2, 4, 4] if dim == 3 else [4, 4]), dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(net, (x,), eps=1e-6, atol=1e-5)
+    with torch.no_grad():  # outside training the plain forms run: same values
+        plain = net(x)
+    torch.testing.assert_close(net(x), plain)
+
+
+def test_training_keeps_less_than_the_plain_computation():
+    """What a training step keeps for the backward pass, with and without the recomputed parts."""
+    import nnunet_ras.networks.blocks as blocks
+    net = build_ras_unet(_kwargs(3), 1, 2)
+    x = torch.randn(2, 1, 8, 32, 32)
+
+    def kept_bytes():
+        storages = {}
+
+        def pack(t):
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            net(x)
+        return sum(storages.values())
+    lean = kept_bytes()
+    original = blocks.recompute_in_backward
+    blocks.recompute_in_backward = lambda function, *inputs: function(*inputs)
+    try:
+        plain = kept_bytes()
+    finally:
+        blocks.recompute_in_backward = original
+    assert lean < 0.75 * plain
 
 
 def test_paper_layout_has_nine_ras_convs():

@@ -13,7 +13,7 @@ from dynamic_network_architectures.building_blocks.helper import get_matching_po
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from nnunet_ras.networks.blocks import IntensityWindow, RASConv
+from nnunet_ras.networks.blocks import Dropout, IntensityWindow, RASConv, Recomputed, channels_last_on_cpu
 from nnunet_ras.networks.unet_parts import (StagedDecoder, StagedEncoder, StagedUNet, UpsampleHalving,
                                             locate_plan_classes, per_axis)
 
@@ -30,16 +30,17 @@ def ras_encoder(input_channels: int, features_per_stage: Sequence[int], conv_op:
                 separable: bool = True) -> StagedEncoder:
     """Per stage: max-pool by the plan's stride (if any), one RAS conv, dropout (the paper's p = 0.5).
 
-    The dropped-out features feed both the next stage and the skip connection, as in the paper's U-Net.
+    The dropped-out features feed both the next stage and the skip connection, as in the paper's U-Net. The pooling
+    is recomputed in the backward pass: its int64 indices would take as much memory as a quarter of its input.
     """
     pool_op = get_matching_pool_op(conv_op, pool_type='max')
 
     def stage(s: int, channels: int, features: int, stride: Sequence[int]) -> nn.Sequential:
-        layers = [pool_op(stride, stride)] if any(k > 1 for k in stride) else []
+        layers = [Recomputed(pool_op(stride, stride))] if any(k > 1 for k in stride) else []
         layers.append(RASConv(conv_op, channels, features, norm_op, norm_op_kwargs, nonlin, nonlin_kwargs,
                               attention_reduction, conv_bias, attention, separable))
         if encoder_dropout > 0:
-            layers.append(nn.Dropout(encoder_dropout))
+            layers.append(Dropout(encoder_dropout))
         return nn.Sequential(*layers)
 
     return StagedEncoder(input_channels, features_per_stage, conv_op, strides, stage)
@@ -116,7 +117,7 @@ class RASUNet(StagedUNet):
                                   nonlin, nonlin_kwargs, attention_reduction, attention, separable)
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
-        return super().forward(self.window(x))
+        return super().forward(channels_last_on_cpu(self.window(x)))
 
 
 def ras_kwargs_from_plan(arch_kwargs: dict) -> dict:
