@@ -7,6 +7,12 @@ Plans: nnU-Net's default ``nnUNetPlans`` (3d_fullres) of ../shared/data/Dataset0
 synthetic liver phantom (also with the RAS planner's own plans). Each measurement runs in a fresh process. Peak
 memory is the peak resident size during the timed steps minus the resident size before them (weights, optimiser
 state and data already allocated). The two networks alternate A B A B ... so that machine noise hits both alike.
+The loss is the mean square of the logits: its gradient is dense and has the logits' layout, like a real loss's (a
+plain mean's gradient is a broadcast scalar, which no segmentation loss gives).
+
+The last table compares what nnU-Net's planner estimates for each network (``static_estimate_VRAM_usage``, per
+sample at the same patch) with the memory it measures here: their ratio is the factor by which the RAS planner's
+reference value is calibrated (``nnunet_ras.planning.planner``), as nnU-Net calibrates its residual-encoder planners.
 """
 import argparse
 import json
@@ -96,7 +102,9 @@ def training_step(plans_file: str, dataset_json: str, network: str):
 
 def measure(plans_file: str, dataset_json: str, network: str, iterations: int) -> dict:
     """Runs in a fresh process: builds one network from the plans, times forward+backward+step on CPU."""
+    from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
     from torch.utils.flop_counter import FlopCounterMode
+    from nnunet_ras.planning import nnUNetPlannerRAS
 
     net, x, config, step = training_step(plans_file, dataset_json, network)
     with FlopCounterMode(display=False) as counter:
@@ -110,7 +118,12 @@ def measure(plans_file: str, dataset_json: str, network: str, iterations: int) -
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
+    planner = nnUNetPlannerRAS if network == 'RAS U-Net' else ExperimentPlanner
+    estimate = planner.static_estimate_VRAM_usage(tuple(config.patch_size), x.shape[1], 1, config.network_arch_class_name,
+                                                  config.network_arch_init_kwargs,
+                                                  config.network_arch_init_kwargs_req_import)
     return {'params': sum(p.numel() for p in net.parameters()), 'macs_per_patch': macs_per_patch,
+            'planner_estimate': int(estimate),
             'seconds_per_iteration': float(np.median(times)),
             'peak_rss_mb': (_status_kb('VmHWM') - rss_baseline) / 1024,
             'patch_size': list(config.patch_size), 'batch_size': config.batch_size}
@@ -158,6 +171,15 @@ def main():
         print(f"| {row['plans']} | {row['network']} | {'x'.join(map(str, row['patch_size']))} x {row['batch_size']} | "
               f"{row['params'] / 1e6:.2f} M | {row['macs_per_patch'] / 1e9:.1f} | {row['seconds_per_iteration']:.2f} | "
               f"{row['peak_rss_mb']:.0f} | {ratio[0]} | {ratio[1]} |")
+    print('\nPlanner estimate against measured memory, RAS U-Net / nnU-Net default at the same plans:\n')
+    print('| plans | estimate ratio | memory ratio | calibration (estimate / memory) |')
+    print('|---|---|---|---|')
+    for row in rows:
+        default = next((r for r in rows if r['plans'] == row['plans'] and r['network'] == 'nnU-Net default'), None)
+        if row['network'] == 'RAS U-Net' and default:
+            estimate, memory = (row['planner_estimate'] / default['planner_estimate'],
+                                row['peak_rss_mb'] / default['peak_rss_mb'])
+            print(f"| {row['plans']} | {estimate:.2f} | {memory:.2f} | {estimate / memory:.2f} |")
 
 
 if __name__ == '__main__':

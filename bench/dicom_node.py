@@ -45,14 +45,15 @@ send_to = ["sender"]
 """
 
 
-def full_size_ct(slices: int) -> sitk.Image:
-    """The shared abdominal CT at 512 x 512 in-plane (its field of view kept), ``slices`` slices of 3 mm."""
+def full_size_ct(slices: int, slice_mm: float = None) -> sitk.Image:
+    """The shared abdominal CT at 512 x 512 in-plane (its field of view kept), ``slices`` slices of ``slice_mm`` (its
+    own 3 mm if not given) from the middle of its extent."""
     image = sitk.ReadImage(CT)
-    size = image.GetSize()
-    spacing = [image.GetSpacing()[0] * size[0] / 512, image.GetSpacing()[1] * size[1] / 512, image.GetSpacing()[2]]
-    first = (size[2] - slices) // 2
-    image = image[:, :, first:first + slices]
-    return sitk.Resample(image, [512, 512, slices], sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), spacing,
+    size, own = image.GetSize(), image.GetSpacing()
+    spacing = [own[0] * size[0] / 512, own[1] * size[1] / 512, slice_mm or own[2]]
+    first = (size[2] * own[2] - slices * spacing[2]) / 2 / own[2] if slice_mm else (size[2] - slices) // 2
+    origin = image.TransformContinuousIndexToPhysicalPoint((0., 0., float(first)))
+    return sitk.Resample(image, [512, 512, slices], sitk.Transform(), sitk.sitkLinear, origin, spacing,
                          image.GetDirection(), -1024, sitk.sitkInt16)
 
 
@@ -72,7 +73,8 @@ def rtstruct_count(orthanc: OrthancProcess) -> int:
 
 
 def run(model: str, slices: int, tta: bool, step_size: float, work: str, timeout_s: float) -> dict:
-    ws = Workspace(os.path.join(work, 'nnunet'), nnUNet_def_n_proc='1', nnUNet_n_proc_DA='1')
+    # nnUNet_def_n_proc stays unset: nnU-Net caps the sliding window's torch threads at it (1 would use one core)
+    ws = Workspace(os.path.join(work, 'nnunet'), nnUNet_n_proc_DA='1')
     node_port = free_port()
     orthanc = OrthancProcess(os.path.join(work, 'orthanc'), 'ORTHANC',
                              {'node': ('NNUNET_RAS', '127.0.0.1', node_port)}).start()

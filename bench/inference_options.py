@@ -57,7 +57,8 @@ def main() -> int:
     parser.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'inference_options'))
     parser.add_argument('--force', action='store_true')
     args = parser.parse_args()
-    env = Workspace(args.workdir, keep_set_folders=True, nnUNet_def_n_proc='1').env
+    # nnUNet_def_n_proc stays unset: nnU-Net caps the sliding window's torch threads at it (1 would use one core)
+    env = Workspace(args.workdir, keep_set_folders=True).env
     model = demo_model_folder(args.workdir)
     raw = os.path.join(env['nnUNet_raw'], DEMO_DATASET)
     if not os.path.isfile(os.path.join(model, 'fold_0', 'checkpoint_final.pth')):

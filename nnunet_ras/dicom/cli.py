@@ -171,7 +171,9 @@ def add_dicom_commands(subparsers) -> None:
     p.add_argument('-o', required=True, help='output folder; must be new or empty (see --overwrite)')
     p.add_argument('--overwrite', action='store_true', help='replace a non-empty output folder whole')
     add_model_arguments(p)
-    p.add_argument('-device', default=None, choices=['cuda', 'cpu', 'mps'], help='default: cuda if available')
+    p.add_argument('-device', default=None, choices=['cuda', 'cpu', 'mps'],
+                   help='default: cuda if available. On a CPU, nnU-Net runs the sliding window on at most '
+                        '$nnUNet_def_n_proc threads: leave it unset (8) or at least the number of cores')
     p.add_argument('--series_uid', default=None, help='the CT series to use when the folder holds several')
     p.add_argument('--roi_names', nargs='+', default=[], metavar='LABEL=ROI',
                    help="ROI names for the model's labels (default: the label names), e.g. tumour=GTV")

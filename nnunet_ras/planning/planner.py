@@ -4,7 +4,8 @@
 * target spacing for CT: 1 mm in-plane and 3 mm between slices (the slice axis is the one with the coarsest median
   spacing); other modalities keep nnU-Net's choice; ``overwrite_target_spacing`` wins over both;
 * the network is RAS U-Net, and patch and batch size are fitted to the memory budget with its own feature-map
-  estimate (``RASUNet.compute_conv_feature_map_size``);
+  estimate (``RASUNet.compute_conv_feature_map_size``), against reference values calibrated from RAS U-Net's measured
+  memory (``RAS_REFERENCE_CALIBRATION``), so that RAS plans use what nnU-Net's default plans use at the same budget;
 * CT channels are planned with ``NoNormalization`` and windowed inside the network (clip to [-150, 150] HU, scale to
   [-1, 1]), so stock ``nnUNetv2_predict`` needs nothing from this package but the network class; other channels
   keep nnU-Net's normalisation.
@@ -22,6 +23,14 @@ from nnunet_ras.networks.ras_unet import RAS_KWARGS_REQUIRING_IMPORT, RAS_UNET_C
     ras_kwargs_from_plan
 
 CT_WINDOW_HU = (-150., 150.)
+# nnU-Net fits patch and batch size by comparing a network's feature-map count with reference values measured for
+# its default U-Net (``UNet_reference_val_3d`` / ``_2d``); its residual-encoder planners scale them to their own
+# network's measured memory. RAS U-Net's count (every conv output it keeps) is 1.80x the default network's at the same
+# patch, but a CPU training step took 1.36x (Hippocampus plans) and 1.06x (liver phantom plans) the default's peak
+# memory (bench/bench_network.py prints both ratios and their quotient, 1.32 and 1.69). The reference values grow by
+# the smaller quotient, so a RAS plan is not given a smaller patch than it can afford and never needs more memory
+# than the default plan it is compared with.
+RAS_REFERENCE_CALIBRATION = 1.32
 CT_TARGET_SPACING_MM = (3., 1., 1.)  # (between slices, in-plane, in-plane)
 
 
@@ -42,6 +51,8 @@ class nnUNetPlannerRAS(ExperimentPlanner):
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
                          overwrite_target_spacing, suppress_transpose)
         self.UNet_class = RASUNet
+        self.UNet_reference_val_3d = int(self.UNet_reference_val_3d * RAS_REFERENCE_CALIBRATION)
+        self.UNet_reference_val_2d = int(self.UNet_reference_val_2d * RAS_REFERENCE_CALIBRATION)
         self.ct_window = ct_window
         self.encoder_dropout = encoder_dropout
         self.attention_reduction = attention_reduction
