@@ -115,12 +115,16 @@ from nnunet_ras.dicom.margins import parse_margin
 from nnunet_ras.dicom.postprocess import Cleanup
 from nnunet_ras.dicom.predict import parse_style, predict_case
 marks = {}
+series, out, model, step, tta, margins, marks_file = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), \\
+    sys.argv[5] == '1', json.loads(sys.argv[6]), sys.argv[7]
 def progress(stage, fraction):
+    before = len(marks)
     marks.setdefault(stage, time.time())
     if stage == 'predicting' and fraction >= 1.0:
         marks.setdefault('tiles done', time.time())
-series, out, model, step, tta, margins = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), \\
-    sys.argv[5] == '1', json.loads(sys.argv[6])
+    if len(marks) > before:  # seconds from the start of every stage reached, kept if the run is stopped
+        with open(marks_file, 'w') as f:
+            json.dump({k: round(v - start, 1) for k, v in marks.items()}, f)
 predict_case(series, out, [model], folds=['0'], device='cpu', use_mirroring=tta,
              style=parse_style(['tumour=GTV', 'liver=Liver'], [], []), margins=[parse_margin(m) for m in margins],
              progress=progress, step_size=step,
@@ -163,6 +167,7 @@ def main() -> int:
                         help='data, plans and models (kept between runs)')
     parser.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'full_ct_inference'))
     parser.add_argument('--force', action='store_true')
+    parser.add_argument('--timeout_s', type=float, default=1200, help='a run is stopped after this long')
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
     series = make_data(args.work, args.slice_mm)
@@ -178,9 +183,16 @@ def main() -> int:
         out = os.path.join(args.work, f'prediction_{run}_{setting}')
         shutil.rmtree(out, ignore_errors=True)
         started = time.time()
-        answer = subprocess.run([sys.executable, '-c', _TIMED_PREDICT, series, out, models[run], str(args.step_size),
-                                 '1' if args.tta else '0', json.dumps(MARGINS)], env=_env(args.work), check=True,
-                                capture_output=True, text=True, cwd=ROOT)
+        marks = os.path.join(args.work, f'marks_{run}_{setting}.json')
+        try:
+            answer = subprocess.run([sys.executable, '-c', _TIMED_PREDICT, series, out, models[run],
+                                     str(args.step_size), '1' if args.tta else '0', json.dumps(MARGINS), marks],
+                                    env=_env(args.work), check=True, capture_output=True, text=True, cwd=ROOT,
+                                    timeout=args.timeout_s)
+        except subprocess.TimeoutExpired:
+            reached = open(marks).read() if os.path.isfile(marks) else 'none'
+            print(f"{RUNS[run][2]}: stopped after {args.timeout_s:.0f} s; stages reached (s from start): {reached}")
+            continue
         result = {**json.loads(answer.stdout.strip().splitlines()[-1]), **plan_summary(models[run]),
                   'process_s': time.time() - started, 'step_size': args.step_size, 'tta': args.tta}
         with open(result_file + '.partial', 'w') as f:
