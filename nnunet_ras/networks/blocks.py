@@ -282,7 +282,7 @@ class RASConv(nn.Module):
                 conv_op(in_channels, out_channels, 1, bias=False), *norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = channels_last_on_cpu(x)  # the decoder's concatenation of an up-sampled map and a skip may not be
+        x = channels_last_on_cpu(x)  # the network's input, or a decoder concatenation (up-sampled map + skip)
         return self.attention(self.path(x)) + channels_last_on_cpu(self.residual(x))
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:

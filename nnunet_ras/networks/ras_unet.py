@@ -13,7 +13,7 @@ from dynamic_network_architectures.building_blocks.helper import get_matching_po
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from nnunet_ras.networks.blocks import Dropout, IntensityWindow, RASConv, Recomputed, channels_last_on_cpu
+from nnunet_ras.networks.blocks import Dropout, IntensityWindow, RASConv, Recomputed
 from nnunet_ras.networks.unet_parts import (StagedDecoder, StagedEncoder, StagedUNet, UpsampleHalving,
                                             locate_plan_classes, per_axis)
 
@@ -117,7 +117,7 @@ class RASUNet(StagedUNet):
                                   nonlin, nonlin_kwargs, attention_reduction, attention, separable)
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
-        return super().forward(channels_last_on_cpu(self.window(x)))
+        return super().forward(self.window(x))  # every RAS conv takes its input channels-last on the CPU
 
 
 def ras_kwargs_from_plan(arch_kwargs: dict) -> dict:
