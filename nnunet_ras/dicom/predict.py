@@ -181,9 +181,12 @@ def _roi_names(style: RoiStyle, labels: Dict[str, object]) -> Dict[str, str]:
             if label != 'background' and isinstance(value, int)}
 
 
-def _tile_counting_predictor(on_tiles: Callable[[int], None], on_tile: Callable[[], None]):
+def _tile_counting_predictor(on_tiles: Callable[[int], None], on_tile: Callable[[], None], bf16: bool = False):
     """nnU-Net's predictor class, extended to report its sliding-window tiles (nnU-Net itself only draws a tqdm bar):
-    ``on_tiles(n)`` when a case is cut into n tiles (once per fold), ``on_tile()`` after each tile."""
+    ``on_tiles(n)`` when a case is cut into n tiles (once per fold), ``on_tile()`` after each tile. With ``bf16`` every
+    tile runs under CPU autocast to bfloat16 (the logits come back in float32, so that nnU-Net accumulates the tiles
+    as it always does)."""
+    import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     class TileCountingPredictor(nnUNetPredictor):
@@ -193,11 +196,38 @@ def _tile_counting_predictor(on_tiles: Callable[[int], None], on_tile: Callable[
             return slicers
 
         def _internal_maybe_mirror_and_predict(self, x):
-            prediction = super()._internal_maybe_mirror_and_predict(x)
+            with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
+                prediction = super()._internal_maybe_mirror_and_predict(x)
             on_tile()
-            return prediction
+            return prediction.float() if bf16 else prediction
 
     return TileCountingPredictor
+
+
+def check_bf16(device: str) -> None:
+    """bfloat16 is a CPU option (on a GPU nnU-Net already predicts in half precision), and only a speed-up where
+    the CPU computes in bfloat16 natively (AVX512-BF16 or AMX); elsewhere oneDNN emulates it, slower than float32."""
+    import torch
+    if device != 'cpu':
+        raise DicomError(f"--bf16 is for prediction on the CPU (device {device!r}: nnU-Net already predicts in half "
+                         f"precision on a GPU)")
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        raise DicomError("--bf16: this CPU has no native bfloat16 arithmetic (AVX512-BF16 or AMX); bfloat16 would be "
+                         "emulated and slower than float32")
+
+
+def with_torch_resampling(configuration_manager):
+    """The configuration with nnU-Net's torch resampling (``resample_torch_fornnunet``, that of its ``*_torchres``
+    planners) for the export of the network's output to the input's grid, in place of the plans' (nnU-Net's default:
+    scikit-image, linear in-plane, nearest across slices for anisotropic data). Only the export changes, never what
+    the network is given, so a model trained on the plans' preprocessing sees the same input."""
+    import torch
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+    kwargs = configuration_manager.configuration.get('resampling_fn_probabilities_kwargs', {})
+    return ConfigurationManager({
+        **configuration_manager.configuration, 'resampling_fn_probabilities': 'resample_torch_fornnunet',
+        'resampling_fn_probabilities_kwargs': {'is_seg': False, 'force_separate_z': kwargs.get('force_separate_z'),
+                                               'num_threads': torch.get_num_threads()}})
 
 
 DEFAULT_STEP_SIZE = 0.5  # nnU-Net's: tiles overlap by half
@@ -215,12 +245,16 @@ def check_step_size(step_size: float) -> float:
 def predict_probabilities(model_folders: Sequence[str], folds: Optional[Sequence[str]], checkpoint: str,
                           image_path: str, device: str, use_mirroring: bool, workdir: str,
                           progress: Progress = _ignore_progress,
-                          step_size: float = DEFAULT_STEP_SIZE) -> Tuple[sitk.Image, dict]:
-    """(label map on the input grid, dataset.json) from the mean of the models' probabilities.
+                          step_size: float = DEFAULT_STEP_SIZE, bf16: bool = False,
+                          torch_resampling: bool = False) -> Tuple[sitk.Image, dict]:
+    """(label map on the input grid, dataset.json) from the mean of the models' probabilities (one model's label map
+    comes straight from its logits, as ``nnUNetv2_predict`` makes it without ``--save_probabilities``).
 
     The model folders must have passed ``check_model_folders``; ``workdir`` takes the temporary label file.
     ``progress`` hears of preprocessing and of every sliding-window tile (see ``Progress``). ``step_size`` is the
-    sliding window's step as a fraction of the patch (nnU-Net's ``-step_size``).
+    sliding window's step as a fraction of the patch (nnU-Net's ``-step_size``); ``bf16`` runs the network in
+    bfloat16 on the CPU (see ``check_bf16``); ``torch_resampling`` exports with nnU-Net's torch resampling (see
+    ``with_torch_resampling``).
 
     The plugin's trainers are added to ``nnUNet_extTrainer`` for the lookup, so its models need no extra setup.
     """
@@ -242,27 +276,38 @@ def predict_probabilities(model_folders: Sequence[str], folds: Optional[Sequence
         tiles['done'] += 1
         progress('predicting', min(1.0, tiles['done'] / max(tiles['total'], 1)))
 
-    predictor_class = _tile_counting_predictor(on_tiles, on_tile)
+    if bf16:
+        check_bf16(device)
+    predictor_class = _tile_counting_predictor(on_tiles, on_tile, bf16)
     mean, label_manager, dataset_json, properties, reader = None, None, None, None, None
     predictors = []
     for folder in model_folders:
         predictor = predictor_class(tile_step_size=step_size, use_mirroring=use_mirroring,
                                     device=torch.device(device), allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(folder, tuple(folds) if folds else None, checkpoint)
+        if torch_resampling:
+            predictor.configuration_manager = with_torch_resampling(predictor.configuration_manager)
         predictors.append(predictor)
     tiles['passes'] = sum(len(p.list_of_parameters) for p in predictors)
     for predictor in predictors:
         progress('preprocessing', 0.0)
         reader = predictor.plans_manager.image_reader_writer_class()
         data, properties = reader.read_images([image_path])
+        label_manager, dataset_json = predictor.label_manager, predictor.dataset_json
+        if len(predictors) == 1:  # no softmax and no probabilities on the input's grid
+            segmentation = predictor.predict_single_npy_array(data, properties, None, None, False)
+            progress('exporting', 0.0)
+            break
         _, probabilities = predictor.predict_single_npy_array(data, properties, None, None, True)
         if mean is None:
-            mean, label_manager, dataset_json = np.zeros_like(probabilities), predictor.label_manager, \
-                predictor.dataset_json
+            mean = np.zeros_like(probabilities)
         mean += probabilities / len(model_folders)
-    progress('exporting', 0.0)
-    segmentation = label_manager.convert_probabilities_to_segmentation(mean)
-    path = os.path.join(workdir, '.seg' + dataset_json['file_ending'])  # the plans' own writer restores the geometry
+    else:
+        progress('exporting', 0.0)
+        segmentation = label_manager.convert_probabilities_to_segmentation(mean)
+    # the plans' own writer restores the geometry; written uncompressed, since it is read back at once
+    ending = dataset_json['file_ending']
+    path = os.path.join(workdir, '.seg' + ('.nii' if ending == '.nii.gz' else ending))
     reader.write_seg(np.asarray(segmentation), path, properties)
     try:
         return read_image(path, 'label').image, dataset_json
@@ -282,7 +327,7 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
                  margins: Sequence[MarginSpec] = (), series_uid: Optional[str] = None,
                  allow_missing_identity: bool = False, cleanup: Cleanup = Cleanup(), overwrite: bool = False,
                  progress: Progress = _ignore_progress, report_extra: Optional[dict] = None,
-                 step_size: float = DEFAULT_STEP_SIZE) -> dict:
+                 step_size: float = DEFAULT_STEP_SIZE, bf16: bool = False, torch_resampling: bool = False) -> dict:
     """Predicts one case into ``output_folder``: ``<case>.nii.gz`` (model labels, after ``cleanup``), one NIfTI mask
     per margin structure, for DICOM input ``<case>_RTSTRUCT.dcm`` and ``<case>_SEG.dcm``, and ``<case>_report.json``
     (volumes, clean-up, files, warnings, and ``report_extra``).
@@ -293,6 +338,8 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
     for nnU-Net lives in that folder too, never in /tmp.
     """
     check_step_size(step_size)
+    if bf16:
+        check_bf16(device)
     model = check_model_folders(model_folders, folds, checkpoint)
     check_output_folder(output_folder, overwrite)
     series, warnings = check_input(input_path, series_uid, model, allow_missing_identity)
@@ -307,13 +354,14 @@ def predict_case(input_path: str, output_folder: str, model_folders: Sequence[st
 
     with atomic_folder(output_folder, overwrite) as work:
         if series is not None:
-            nifti = os.path.join(work, f'.{case}_0000.nii.gz')
-            sitk.WriteImage(series.image, nifti, useCompression=True)
+            nifti = os.path.join(work, f'.{case}_0000.nii')  # uncompressed: read back at once, then deleted
+            sitk.WriteImage(series.image, nifti)
         else:
             nifti = input_path
         try:
             segmentation, _ = predict_probabilities(model_folders, folds, checkpoint, nifti, device,
-                                                    use_mirroring, work, progress, step_size)
+                                                    use_mirroring, work, progress, step_size, bf16,
+                                                    torch_resampling)
         finally:
             if series is not None and os.path.exists(nifti):
                 os.remove(nifti)

@@ -51,7 +51,8 @@ def _served_model(args):
                                  f"{folders[0]}: run `make demo` (or `nnunet-ras demo`) in this folder first, or "
                                  f"give -m")
     return ServedModel(folders, args.f, args.chk, not args.disable_tta, args.postprocessing,
-                       parse_style(args.roi_names, args.roi_colors, []), defaults, args.step_size)
+                       parse_style(args.roi_names, args.roi_colors, []), defaults, args.step_size, args.bf16,
+                       args.torch_resampling)
 
 
 def _rules_model(entry: dict, name: str, rules_path: str):
@@ -68,9 +69,14 @@ def _rules_model(entry: dict, name: str, rules_path: str):
         step_size = entry.get('step_size', DEFAULT_STEP_SIZE)
         if not isinstance(step_size, (int, float)) or isinstance(step_size, bool):
             raise UserInputError(f"step_size {step_size!r} is not a number")
+        switches = {key: entry.get(key, False) for key in ('bf16', 'torch_resampling')}
+        for key, value in switches.items():
+            if not isinstance(value, bool):
+                raise UserInputError(f"{key} = {value!r}: expected true or false")
         return ServedModel(folders, [str(f) for f in entry['folds']] if 'folds' in entry else None,
                            entry.get('checkpoint', 'checkpoint_final.pth'), not entry.get('disable_tta', False),
-                           entry.get('postprocessing', 'auto'), style, step_size=float(step_size))
+                           entry.get('postprocessing', 'auto'), style, step_size=float(step_size),
+                           **switches)
     except UserInputError as e:
         raise UserInputError(f"{rules_path} [models.{name}]: {e}") from None
 

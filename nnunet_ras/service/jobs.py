@@ -110,6 +110,8 @@ class _Runner:
                                       params.get('use_mirroring', True), style, margins,
                                       cleanup=Cleanup(params.get('postprocessing', 'auto')), overwrite=True,
                                       progress=self.progress, step_size=params.get('step_size', DEFAULT_STEP_SIZE),
+                                      bf16=params.get('bf16', False),
+                                      torch_resampling=params.get('torch_resampling', False),
                                       report_extra={'job': {'id': job.id, 'owner': job.owner, 'source': job.source,
                                                             'input': job.input_name},
                                                     'model_card': params.get('model_card')})

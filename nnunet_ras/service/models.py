@@ -15,7 +15,8 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from nnunet_ras.dicom.margins import check_margins, parse_margin
-from nnunet_ras.dicom.predict import DEFAULT_STEP_SIZE, ModelInfo, RoiStyle, check_model_folders, check_step_size
+from nnunet_ras.dicom.predict import (DEFAULT_STEP_SIZE, ModelInfo, RoiStyle, check_bf16, check_model_folders,
+                                      check_step_size)
 from nnunet_ras.quality.weighting import CHECKPOINT_KEY
 
 CARD_FILE = 'model_card.json'
@@ -101,9 +102,13 @@ class ServedModel:
     style: RoiStyle = field(default_factory=RoiStyle)
     defaults: Optional[dict] = None  # card entries its model_card.json does not give (the demo's)
     step_size: float = DEFAULT_STEP_SIZE  # the sliding window's step (a fraction of the patch)
+    bf16: bool = False  # the network in bfloat16 on the CPU (predict --bf16)
+    torch_resampling: bool = False  # the export with nnU-Net's torch resampling (predict --torch_resampling)
 
     def __post_init__(self):
         check_step_size(self.step_size)
+        if self.bf16:
+            check_bf16('cpu')
         self.info: ModelInfo = check_model_folders(self.folders, self.folds, self.checkpoint)
         self.card = model_card(self.folders, self.folds, self.checkpoint, self.defaults, self.info)
         self.roi_names = {**self.card['roi_names'], **self.style.names}
@@ -122,6 +127,7 @@ class ServedModel:
         """What a worker needs to run a job of this model (the job table's ``params``)."""
         return {'input': predict_path, 'view': view_path, 'models': self.folders, 'folds': self.folds,
                 'checkpoint': self.checkpoint, 'use_mirroring': self.use_mirroring, 'step_size': self.step_size,
+                'bf16': self.bf16, 'torch_resampling': self.torch_resampling,
                 'postprocessing': self.postprocessing, 'roi_names': self.roi_names, 'roi_colors': self.roi_colors,
                 'margins': list(margins), 'has_quality': self.card.get('has_quality', False),
                 'model_card': self.card, 'warnings': list(warnings), **extra}

@@ -196,8 +196,8 @@ def load_rules(path: str) -> NodeRules:
         where = f"{path} [models.{name}]"
         if not isinstance(entry, dict) or not entry.get('model'):
             raise RulesError(f"{where}: needs model = [\"MODEL_FOLDER\", ...] (nnU-Net's trained model folder)")
-        _unknown_keys(entry, ('model', 'folds', 'checkpoint', 'disable_tta', 'step_size', 'postprocessing',
-                              'roi_names', 'roi_colors'), where)
+        _unknown_keys(entry, ('model', 'folds', 'checkpoint', 'disable_tta', 'step_size', 'bf16',
+                              'torch_resampling', 'postprocessing', 'roi_names', 'roi_colors'), where)
 
     rules = []
     entries = data.get('rules', [])
