@@ -1,5 +1,6 @@
-"""Speed / accuracy of the inference options, side by side in one run: the sliding window's step (``-step_size``)
-and test-time mirroring (``--disable_tta``), on the held-out cases of ``make demo``'s phantom data set.
+"""Speed / accuracy of the inference options, side by side in one run: the sliding window's step (``-step_size``),
+test-time mirroring (``--disable_tta``), bfloat16 on the CPU (``--bf16``) and nnU-Net's torch resampling for the
+export (``--torch_resampling``), on the held-out cases of ``make demo``'s phantom data set.
 
 For each setting, ``nnunet-ras predict`` runs on every held-out case (NIfTI in, label map out, 2 CPU cores, one at a
 time): the table gives the wall time over all cases, the ratio to nnU-Net's default setting (step 0.5 with
@@ -27,7 +28,11 @@ from nnunet_ras.workspace import Workspace  # noqa: E402
 SETTINGS = [('step 0.5, mirroring (nnU-Net default)', ['-step_size', '0.5']),
             ('step 0.5, no mirroring', ['-step_size', '0.5', '--disable_tta']),
             ('step 0.75, no mirroring', ['-step_size', '0.75', '--disable_tta']),
-            ('step 1.0, no mirroring', ['-step_size', '1.0', '--disable_tta'])]
+            ('step 1.0, no mirroring', ['-step_size', '1.0', '--disable_tta']),
+            ('step 0.5, mirroring, bf16', ['-step_size', '0.5', '--bf16']),
+            ('step 0.5, mirroring, torch resampling', ['-step_size', '0.5', '--torch_resampling']),
+            ('step 1.0, no mirroring, bf16, torch resampling',
+             ['-step_size', '1.0', '--disable_tta', '--bf16', '--torch_resampling'])]
 
 
 def predict_all(model: str, images: str, out: str, options: list, env: dict) -> float:
