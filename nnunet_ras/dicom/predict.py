@@ -183,9 +183,9 @@ def _roi_names(style: RoiStyle, labels: Dict[str, object]) -> Dict[str, str]:
 
 def _tile_counting_predictor(on_tiles: Callable[[int], None], on_tile: Callable[[], None], bf16: bool = False):
     """nnU-Net's predictor class, extended to report its sliding-window tiles (nnU-Net itself only draws a tqdm bar):
-    ``on_tiles(n)`` when a case is cut into n tiles (once per fold), ``on_tile()`` after each tile. With ``bf16`` every
-    tile runs under CPU autocast to bfloat16 (the logits come back in float32, so that nnU-Net accumulates the tiles
-    as it always does)."""
+    ``on_tiles(n)`` when a case is cut into n tiles (once per fold), ``on_tile()`` after each tile. With ``bf16`` the
+    sliding window runs under CPU autocast to bfloat16 (one context, so the weights are cast once, not per tile); each
+    tile's logits come back in float32, and nnU-Net accumulates them as it always does."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -195,9 +195,12 @@ def _tile_counting_predictor(on_tiles: Callable[[int], None], on_tile: Callable[
             on_tiles(len(slicers))
             return slicers
 
-        def _internal_maybe_mirror_and_predict(self, x):
+        def predict_sliding_window_return_logits(self, input_image):
             with torch.autocast('cpu', dtype=torch.bfloat16, enabled=bf16):
-                prediction = super()._internal_maybe_mirror_and_predict(x)
+                return super().predict_sliding_window_return_logits(input_image)
+
+        def _internal_maybe_mirror_and_predict(self, x):
+            prediction = super()._internal_maybe_mirror_and_predict(x)
             on_tile()
             return prediction.float() if bf16 else prediction
 

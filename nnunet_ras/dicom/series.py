@@ -239,10 +239,15 @@ def _read_pixels_hu(files: Sequence[str], where: str) -> np.ndarray:
             raise DicomError(f"{path}: pixel data cannot be read ({str(e).strip().splitlines()[-1]})") from None
         if image.GetNumberOfComponentsPerPixel() != 1:
             raise DicomError(f"{path}: not a grey-scale image")
-        slices.append(sitk.GetArrayFromImage(image).reshape(image.GetSize()[1], image.GetSize()[0]).astype(np.float64))
-    volume = np.stack(slices)
-    if np.all(volume == np.round(volume)) and volume.min() >= -32768 and volume.max() <= 32767:
-        return volume.astype(np.int16)
+        slices.append(sitk.GetArrayFromImage(image).reshape(image.GetSize()[1], image.GetSize()[0]))
+    if all(np.issubdtype(s.dtype, np.integer) for s in slices):  # integer rescale: nothing to round
+        volume = np.stack(slices)
+    else:
+        volume = np.stack([s.astype(np.float64) for s in slices])
+        if not np.all(volume == np.round(volume)):
+            return volume.astype(np.float32)
+    if volume.min() >= -32768 and volume.max() <= 32767:
+        return volume.astype(np.int16, copy=False)
     return volume.astype(np.float32)
 
 
