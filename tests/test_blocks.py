@@ -5,7 +5,7 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
 from nnunet_ras.networks import IntensityWindow, RASConv, RASUNet, SeparableConv, SpatialAttention, build_ras_unet
-from nnunet_ras.networks.blocks import Dropout, InstanceNorm
+from nnunet_ras.networks.blocks import Dropout, InstanceNorm, cat_channels
 from nnunet_ras.networks.ras_unet import ras_kwargs_from_plan
 
 torch.manual_seed(0)
@@ -267,3 +267,18 @@ def test_clip_to_intensity_window_before_augmentation():
     out = out['image']
     torch.testing.assert_close(out[0].flatten(), torch.tensor([-150., -20., 40., 150.]))
     torch.testing.assert_close(out[1], image[1])
+
+
+@pytest.mark.parametrize('layout', [torch.channels_last_3d, torch.contiguous_format])
+def test_cat_channels_is_torch_cat_in_values_gradients_and_layout(layout):
+    """The decoder's concatenation: torch.cat's values and gradients; channels-last maps stay channels-last."""
+    a = torch.randn(2, 3, 4, 5, 6, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    b = torch.randn(2, 2, 4, 5, 6, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    out, reference = cat_channels((a, b)), torch.cat((a, b), 1)
+    torch.testing.assert_close(out, reference, rtol=0, atol=0)
+    assert out.is_contiguous(memory_format=layout)
+    weight = torch.randn_like(reference)
+    grads = torch.autograd.grad((out * weight).sum(), (a, b))
+    torch.testing.assert_close(grads, torch.autograd.grad((reference * weight).sum(), (a, b)), rtol=0, atol=0)
+    mixed = cat_channels((a.detach().float(), b.detach()))  # dtypes promote as torch.cat's do
+    assert mixed.dtype == torch.float64

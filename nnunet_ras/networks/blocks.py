@@ -40,6 +40,29 @@ def channels_last_on_cpu(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last_3d)
 
 
+def cat_channels(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(tensors, 1)``; for channels-last 3D maps on the CPU, copied into a new channels-last map instead.
+
+    ``torch.cat`` of channels-last maps interleaves the inputs voxel by voxel: for two 1 x 32 x 48 x 192 x 192 maps it
+    took 316 ms in bfloat16 (212 ms in float32) on 2 cores, against 13 ms (35 ms) for two slice copies. The copies
+    are differentiable (each input's gradient is its slice of the output's), like ``torch.cat``'s.
+    """
+    first = tensors[0]
+    if first.device.type != 'cpu' or first.ndim != 5 or not all(
+            t.is_contiguous(memory_format=torch.channels_last_3d) for t in tensors):
+        return torch.cat(tuple(tensors), 1)
+    dtype = first.dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    out = torch.empty((first.shape[0], sum(t.shape[1] for t in tensors), *first.shape[2:]), dtype=dtype,
+                      memory_format=torch.channels_last_3d)
+    start = 0
+    for t in tensors:
+        out[:, start:start + t.shape[1]].copy_(t)
+        start += t.shape[1]
+    return out
+
+
 def recompute_in_backward(function: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> torch.Tensor:
     """``function(*inputs)``, keeping only the inputs for the backward pass, which computes it again (activation
     checkpointing: Chen et al., "Training deep nets with sublinear memory cost", 2016).

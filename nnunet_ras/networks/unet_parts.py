@@ -11,6 +11,8 @@ from dynamic_network_architectures.initialization.weight_init import InitWeights
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
+from nnunet_ras.networks.blocks import cat_channels
+
 PLAN_CLASS_KEYS = ('conv_op', 'norm_op', 'dropout_op', 'nonlin')
 
 
@@ -108,7 +110,7 @@ class StagedDecoder(nn.Module):
         for s, (up, stage, seg) in enumerate(zip(self.upsamplers, self.stages, self.seg_layers)):
             skip = skips[-(s + 2)]
             x = up(x, skip.shape[2:]) if isinstance(up, UpsampleHalving) else up(x)
-            x = stage(torch.cat((x, skip), 1))
+            x = stage(cat_channels((x, skip)))
             if self.deep_supervision or s == len(self.stages) - 1:
                 outputs.append(seg(x))
         outputs = outputs[::-1]
