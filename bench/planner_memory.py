@@ -1,0 +1,71 @@
+"""Does a RAS plan use the memory that nnU-Net's default plan uses at the same budget? One training step (forward,
+backward, SGD step; CPU, all cores) of each network under its own planner's plans for a full-size abdominal CT, where
+the memory target, not the image, bounds the patch: nnU-Net's default network under ``nnUNetPlans``
+(``ExperimentPlanner``) against RAS U-Net under ``nnUNetRASPlans`` (``nnUNetPlannerRAS``, whose reference value is
+calibrated by ``RAS_REFERENCE_CALIBRATION``), both at nnU-Net's default target of 8 GB.
+
+The CT, its data set and both plans are those of ``bench/full_ct_inference.py`` (made here if missing). Peak memory
+is measured as in ``bench/bench_network.py``: the peak resident size during the timed step minus the size before it,
+each network in a fresh process. Resumable: a measured network is kept in ``--out`` (``--force`` to redo).
+
+    python bench/planner_memory.py [--iterations 1]
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.bench_network import _measure_in_subprocess  # noqa: E402
+from bench.full_ct_inference import DATASET, make_data, model_folders  # noqa: E402
+
+PAIRS = [('nnU-Net default', 'nnUNetPlans', 'default'), ('RAS U-Net', 'nnUNetRASPlans', 'RAS_own_plans')]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--iterations', type=int, default=1, help='timed training steps per network')
+    parser.add_argument('--work', default=os.path.join(ROOT, 'bench', 'results', 'full_ct_inference', 'work'),
+                        help="bench/full_ct_inference.py's work folder (data set and plans)")
+    parser.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'planner_memory'))
+    parser.add_argument('--force', action='store_true')
+    args = parser.parse_args()
+    make_data(args.work, 2.5)
+    model_folders(args.work, [run for _, _, run in PAIRS])  # makes both plans
+    dataset_json = os.path.join(args.work, 'raw', DATASET, 'dataset.json')
+    os.makedirs(args.out, exist_ok=True)
+    rows = {}
+    for network, plans, _ in PAIRS:
+        result_file = os.path.join(args.out, f'{plans}.json')
+        if not os.path.isfile(result_file) or args.force:
+            plans_file = os.path.join(args.work, 'preprocessed', DATASET, f'{plans}.json')
+            result = _measure_in_subprocess(plans_file, dataset_json, network, args.iterations)
+            with open(result_file + '.partial', 'w') as f:
+                json.dump(result, f, indent=1)
+            os.replace(result_file + '.partial', result_file)
+        with open(result_file) as f:
+            rows[network] = {**json.load(f), 'plans': plans}
+    print(f"\nFull-size CT data set (512 x 512 x 134, 0.72 x 0.59 x 2.5 mm), one training step, {os.cpu_count()} CPU "
+          f"threads, float32\n")
+    print('| network, plans | spacing of the plans | patch x batch | voxels per step | s / step | peak memory MB | '
+          'planner estimate |')
+    print('|---|---|---|---|---|---|---|')
+    for network, r in rows.items():
+        with open(os.path.join(args.work, 'preprocessed', DATASET, r['plans'] + '.json')) as f:
+            spacing = json.load(f)['configurations']['3d_fullres']['spacing']
+        voxels = r['batch_size'] * int(np.prod(r['patch_size']))
+        print(f"| {network}, {r['plans']} | {' x '.join(f'{s:.2f}' for s in spacing)} | "
+              f"{'x'.join(map(str, r['patch_size']))} x {r['batch_size']} | {voxels / 1e6:.2f} M | "
+              f"{r['seconds_per_iteration']:.1f} | {r['peak_rss_mb']:.0f} | {r['planner_estimate']} |")
+    ras, default = rows['RAS U-Net'], rows['nnU-Net default']
+    print(f"\nRAS / default: memory {ras['peak_rss_mb'] / default['peak_rss_mb']:.2f}x, planner estimate "
+          f"{ras['planner_estimate'] / default['planner_estimate']:.2f}x")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
