@@ -311,3 +311,11 @@ def test_a_data_folder_from_before_the_node_keeps_its_jobs_and_gains_the_deliver
     assert job.owner == 'alice' and job.delivery is None and job.delivery_next is None
     assert store.set_delivery('j1', {'state': 'pending', 'next': 5.0, 'attempts': 0, 'to': [], 'sent': []})
     assert [j.id for j in store.due_deliveries(10.0)] == ['j1'] and store.due_deliveries(1.0) == []
+
+
+def test_a_rules_models_speed_switches_must_be_true_or_false(tmp_path):
+    from nnunet_ras.errors import UserInputError
+    from nnunet_ras.service.cli import _rules_model
+    for key in ('bf16', 'torch_resampling'):
+        with pytest.raises(UserInputError, match=rf"rules.toml \[models.liver\]: {key} = 'yes': expected true or false"):
+            _rules_model({'model': ['liver_model'], key: 'yes'}, 'liver', str(tmp_path / 'rules.toml'))
