@@ -253,7 +253,8 @@ def predict_probabilities(model_folders: Sequence[str], folds: Optional[Sequence
     """(label map on the input grid, dataset.json) from the mean of the models' probabilities (one model's label map
     comes straight from its logits, as ``nnUNetv2_predict`` makes it without ``--save_probabilities``).
 
-    The model folders must have passed ``check_model_folders``; ``workdir`` takes the temporary label file.
+    The model folders must have passed ``check_model_folders`` (and ``bf16`` ``check_bf16``, as ``predict_case``
+    does before anything else); ``workdir`` takes the temporary label file.
     ``progress`` hears of preprocessing and of every sliding-window tile (see ``Progress``). ``step_size`` is the
     sliding window's step as a fraction of the patch (nnU-Net's ``-step_size``); ``bf16`` runs the network in
     bfloat16 on the CPU (see ``check_bf16``); ``torch_resampling`` exports with nnU-Net's torch resampling (see
@@ -279,8 +280,6 @@ def predict_probabilities(model_folders: Sequence[str], folds: Optional[Sequence
         tiles['done'] += 1
         progress('predicting', min(1.0, tiles['done'] / max(tiles['total'], 1)))
 
-    if bf16:
-        check_bf16(device)
     predictor_class = _tile_counting_predictor(on_tiles, on_tile, bf16)
     mean, label_manager, dataset_json, properties, reader = None, None, None, None, None
     predictors = []

@@ -9,6 +9,7 @@ Axis convention: nnU-Net transposes data so that axis 0 of a 3D patch is the axi
 i.e. the slice axis of an anisotropic CT. In PyTorch's (D, H, W) order the in-plane kernel is therefore
 (1, 3, 3) and the through-plane kernel (3, 1, 1).
 """
+import functools
 from typing import Callable, Optional, Sequence, Type
 
 import numpy as np
@@ -51,9 +52,7 @@ def cat_channels(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     if first.device.type != 'cpu' or first.ndim != 5 or not all(
             t.is_contiguous(memory_format=torch.channels_last_3d) for t in tensors):
         return torch.cat(tuple(tensors), 1)
-    dtype = first.dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
+    dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
     out = torch.empty((first.shape[0], sum(t.shape[1] for t in tensors), *first.shape[2:]), dtype=dtype,
                       memory_format=torch.channels_last_3d)
     start = 0
@@ -239,15 +238,18 @@ class SpatialAttention(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.excite = make_conv(conv_op, reduced, channels, bias, separable)
 
+    def _excitation(self, x: torch.Tensor) -> torch.Tensor:
+        return self.excite(self.relu(self.squeeze(x)))
+
     def attention_map(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.excite(self.relu(self.squeeze(x))))
+        return torch.sigmoid(self._excitation(x))
 
     def _attend(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.attention_map(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled():  # inference: the map is re-weighted in place (no new full-size tensor)
-            return torch.sigmoid_(self.excite(self.relu(self.squeeze(x)))).mul_(x)
+            return torch.sigmoid_(self._excitation(x)).mul_(x)
         # the map costs ~1/7 of the block's multiply-adds but would keep 1.75x the input's size for the backward pass
         return recompute_in_backward(self._attend, x)
 
@@ -309,9 +311,8 @@ class RASConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = channels_last_on_cpu(x)  # the network's input, or a decoder concatenation (up-sampled map + skip)
         out = self.attention(self.path(x))  # a new tensor: the last op of path 1 is a conv, norm or the SAM's product
-        if not torch.is_grad_enabled():  # inference: the residual is added in place
-            return out.add_(channels_last_on_cpu(self.residual(x)))
-        return out + channels_last_on_cpu(self.residual(x))
+        residual = channels_last_on_cpu(self.residual(x))
+        return out + residual if torch.is_grad_enabled() else out.add_(residual)  # in place at inference
 
     def compute_conv_feature_map_size(self, input_size: Sequence[int]) -> int:
         size = sum(m.compute_conv_feature_map_size(input_size) for m in self.path
