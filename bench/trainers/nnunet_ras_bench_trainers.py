@@ -1,6 +1,23 @@
 """The schedules of the training benchmarks under ``bench/``, as nnU-Net trainers of this folder, which the bench
-scripts (``common.Workspace``) add to ``nnUNet_extTrainer``: every trainer compared in one table trains for the same
-number of iterations, sized so that a 2-core CPU finishes a table in about two hours."""
+scripts (``common.Workspace``) add to ``nnUNet_extTrainer``.
+
+Every trainer compared in one table trains for the same number of iterations. The fixed schedules below size a table
+for about two hours of a 2-core CPU; longer ones are a flag of the bench scripts (``--schedule 100x50``), passed to
+nnU-Net's training processes in ``SCHEDULES_VARIABLE``, so that a schedule needs no edit of this file.
+
+Every benchmark trainer is ``Resumable``: long CPU trainings span several sessions and alternate between trainers
+(``bench/learning_curves.py``), so a run checkpoints after every epoch, can keep a copy every N epochs for a learning
+curve, and can stop by itself at an epoch's end after a wall-time budget, to be continued with nnU-Net's ``--c``.
+"""
+import os
+import shutil
+import sys
+import time
+from typing import List, Tuple
+
+import torch
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ras.training import (nnUNetTrainerHybrid25D, nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM, nnUNetTrainerRAS,
@@ -14,15 +31,79 @@ BENCH = (8, 20)  # epochs, iterations per epoch: 160 iterations
 FINE_TUNE = (5, 20)  # LRDEHL fine-tuning from the BENCH checkpoint of nnUNetTrainerRAS
 NOISY_LABELS = (20, 25)  # bench/noisy_labels.py: 500 iterations, enough for the thin clavicles to appear
 
+SCHEDULES_VARIABLE = 'nnUNet_ras_bench_schedules'  # further schedules for every trainer, e.g. '100x50 40x50'
+STOP_AFTER_VARIABLE = 'nnUNet_ras_bench_stop_after_s'  # stop at the first epoch end after this many seconds
+KEEP_EVERY_VARIABLE = 'nnUNet_ras_bench_keep_every'  # keep checkpoint_epoch_<N>.pth every N epochs
+
+
+def parse_schedule(text: str) -> Tuple[int, int]:
+    """'100x50' -> (100, 50): epochs, iterations per epoch."""
+    try:
+        epochs, iterations = (int(v) for v in text.lower().split('x'))
+    except ValueError:
+        raise ValueError(f"a schedule is EPOCHSxITERATIONS, e.g. 100x50, not {text!r}") from None
+    if epochs < 1 or iterations < 1:
+        raise ValueError(f"a schedule needs at least 1 epoch of 1 iteration, not {text!r}")
+    return epochs, iterations
+
+
+def schedule_name(schedule: Tuple[int, int]) -> str:
+    """(100, 50) -> '100epochs_50iters', the suffix of the trainer names."""
+    return f"{schedule[0]}epoch{'s' if schedule[0] > 1 else ''}_{schedule[1]}iters"
+
+
+class Resumable:
+    """Checkpoints after every epoch (written under a temporary name, then renamed, so that a run stopped while
+    saving can still be continued), keeps ``checkpoint_epoch_<N>.pth`` every ``KEEP_EVERY_VARIABLE`` epochs, and ends
+    the process cleanly at the first epoch end after ``STOP_AFTER_VARIABLE`` seconds (exit code 0, no final
+    checkpoint, no validation: ``nnUNetv2_train ... --c`` continues)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):  # nnU-Net records these arguments by name
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.save_every = 1
+        self._process_start = time.time()
+
+    def save_checkpoint(self, filename: str) -> None:
+        super().save_checkpoint(filename + '.partial')
+        if os.path.isfile(filename + '.partial'):
+            os.replace(filename + '.partial', filename)
+
+    def on_epoch_end(self) -> None:
+        super().on_epoch_end()
+        done = self.current_epoch  # epochs finished; checkpoint_latest.pth holds them unless the schedule is over
+        if done >= self.num_epochs:
+            return
+        keep = int(os.environ.get(KEEP_EVERY_VARIABLE, '0'))
+        latest = os.path.join(self.output_folder, 'checkpoint_latest.pth')
+        if keep and done % keep == 0:
+            shutil.copy(latest, os.path.join(self.output_folder, f'checkpoint_epoch_{done}.pth'))
+        stop_after = float(os.environ.get(STOP_AFTER_VARIABLE, '0'))
+        if stop_after and time.time() - self._process_start > stop_after:
+            self.print_to_log_file(f'Stopping after epoch {done} of {self.num_epochs} ({STOP_AFTER_VARIABLE}='
+                                   f'{stop_after:.0f}); continue with --c')
+            for loader in (self.dataloader_train, self.dataloader_val):
+                if isinstance(loader, (NonDetMultiThreadedAugmenter, MultiThreadedAugmenter)):
+                    loader._finish()
+            sys.exit(0)
+
+
+def _extra_schedules() -> List[Tuple[int, int]]:
+    return [parse_schedule(s) for s in os.environ.get(SCHEDULES_VARIABLE, '').split()]
+
+
+COMPARED = (nnUNetTrainer, nnUNetTrainerRAS, nnUNetTrainerRAS_DiceCE, nnUNetTrainerSEUNet, nnUNetTrainerResSEUNet,
+            nnUNetTrainerVNet, nnUNetTrainerHybrid25D, nnUNetTrainerRAS_NoAttention, nnUNetTrainerRAS_NoSeparable,
+            nnUNetTrainerRAS_NoDropout, nnUNetTrainerRAS_SquaredDice, nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM)
 BENCH_SCHEDULES = {
-    **{trainer: [BENCH] for trainer in (
-        nnUNetTrainerRAS, nnUNetTrainerRAS_DiceCE, nnUNetTrainerSEUNet, nnUNetTrainerResSEUNet, nnUNetTrainerVNet,
-        nnUNetTrainerHybrid25D, nnUNetTrainerRAS_NoAttention, nnUNetTrainerRAS_NoSeparable,
-        nnUNetTrainerRAS_NoDropout, nnUNetTrainerRAS_SquaredDice)},
+    **{trainer: [BENCH] for trainer in COMPARED},
     nnUNetTrainerRAS_LRDEHL: [FINE_TUNE],
     **{trainer: [BENCH, NOISY_LABELS] for trainer in (nnUNetTrainer, nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM)},
 }
+for _trainer in (*COMPARED, nnUNetTrainerRAS_LRDEHL):
+    BENCH_SCHEDULES[_trainer] = sorted(set(BENCH_SCHEDULES[_trainer]) | set(_extra_schedules()))
 
-_CLASSES = short_schedules(BENCH_SCHEDULES, __name__)
+_CLASSES = {name: type(name, (Resumable, cls), {'__module__': __name__, '__qualname__': name, '__doc__': cls.__doc__})
+            for name, cls in short_schedules(BENCH_SCHEDULES, __name__).items()}
 globals().update(_CLASSES)
 __all__ = list(_CLASSES)
