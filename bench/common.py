@@ -48,6 +48,25 @@ class Workspace(workspace.Workspace):
         return {os.path.basename(f)[11:]: int(os.path.basename(f)[7:10]) for f in folders}
 
 
+HIPPOCAMPUS = 'Dataset004_Hippocampus'
+JSRT_STRUCTURES = {'lungs': 801, 'heart': 802, 'clavicles': 803}  # the ids ``nnunet-ras jsrt-to-dataset -d 801`` gives
+
+
+def link_hippocampus(ws: 'Workspace') -> None:
+    """../shared/data's Hippocampus as the workspace's Dataset004 (a link, nothing copied)."""
+    link = ws.path('nnUNet_raw', HIPPOCAMPUS)
+    if not os.path.exists(link):
+        os.symlink(os.path.join(SHARED_DATA, HIPPOCAMPUS), link)
+
+
+def make_jsrt_datasets(ws: 'Workspace', size: int) -> None:
+    """JSRT's lungs, heart and clavicles as three binary 2D data sets at ``size`` px (``JSRT_STRUCTURES``), once per
+    workspace."""
+    if not os.path.isdir(ws.path('nnUNet_raw', 'Dataset801_JSRTLungs')):
+        ws.run(['nnunet-ras', 'jsrt-to-dataset', '-i', os.path.join(SHARED_DATA, 'jsrt_scr_256'), '-d', '801',
+                '-size', str(size)])
+
+
 def make_bench_plans(ws: Workspace, dataset_id: int, configuration: str,
                      features: Sequence[int] = SEED002_FEATURES, batch_size: Optional[int] = None) -> str:
     """Fingerprint and plan with nnU-Net's planner, cap the features, preprocess: returns the plans name."""
@@ -68,6 +87,14 @@ def make_bench_plans(ws: Workspace, dataset_id: int, configuration: str,
         json.dump(plans, f, indent=2)
     ws.run(['nnUNetv2_preprocess', '-d', str(dataset_id), '-plans_name', BENCH_PLANS, '-c', configuration,
             '-np', '2'])
+    return BENCH_PLANS
+
+
+def ensure_bench_plans(ws: Workspace, dataset_id: int, configuration: str, batch_size: Optional[int] = None) -> str:
+    """``make_bench_plans`` unless the data set is preprocessed with them already."""
+    name = os.path.basename(ws.dataset_folder(dataset_id))
+    if not os.path.isdir(ws.path('nnUNet_preprocessed', name, f'{BENCH_PLANS}_{configuration}')):
+        make_bench_plans(ws, dataset_id, configuration, batch_size=batch_size)
     return BENCH_PLANS
 
 
@@ -93,11 +120,11 @@ def model_folder(ws: Workspace, dataset_id: int, trainer: str, plans: str, confi
 
 def train_and_test(ws: Workspace, dataset_id: int, configuration: str, trainer: str, plans: str, fold: str,
                    test_images: str, test_labels: str, file_ending: str) -> Dict:
-    """Stock nnUNetv2_train, stock nnUNetv2_predict on the test images (no test-time mirroring, to save CPU time),
+    """Stock nnUNetv2_train (continuing a stopped run), stock nnUNetv2_predict on the test images (no test-time mirroring, to save CPU time),
     and ``nnunet-ras evaluate``'s metrics against the test labels (labels named by the data set's dataset.json)."""
     from nnunet_ras.evaluation.evaluate import evaluate_folder, targets_from_dataset_json
     train_s = ws.run(['nnUNetv2_train', str(dataset_id), configuration, fold, '-tr', trainer, '-p', plans,
-                      '-device', 'cpu'])
+                      '-device', 'cpu', '--c'])  # --c: continues a run that stopped (Resumable), else starts
     out = os.path.join(model_folder(ws, dataset_id, trainer, plans, configuration), f'test_fold_{fold}')
     predict_s = ws.run(['nnUNetv2_predict', '-i', test_images, '-o', out, '-d', str(dataset_id), '-c',
                         configuration, '-tr', trainer, '-p', plans, '-f', fold, '-device', 'cpu', '--disable_tta',

@@ -3,29 +3,35 @@ baseline vs QAM vs QAM + OCM, Dice on clean test labels, on JSRT (lungs, heart, 
 tasks) and on Hippocampus (3D).
 
     python bench/noisy_labels.py [--rows 0 50:5-13 75:5-13] [--structures lungs heart clavicles] [--size 64]
-                                 [--hippocampus 50:1-3] [--workdir bench/results/noisy_labels]
+                                 [--schedule 20x25] [--methods baseline QAM QAM+OCM small-loss]
+                                 [--seeds 0 1 2] [--repeat_rows 50:5-13] [--hippocampus 50:1-3]
+                                 [--workdir bench/results/noisy_labels (at 64 px; noisy_labels_<size>px otherwise)]
 
 Per row and structure: ``nnunet-ras corrupt-labels`` (seed 0, dilate or erode, radius range given in pixels of the
 256-pixel images and scaled to ``--size``) -> light plans (bench/common.py) -> ``nnUNetv2_train`` fold 0 for each
-method on the NOISY_LABELS schedule -> ``nnUNetv2_predict`` on the 100 clean test images -> Dice. The QAM runs also
-give the ROC AUC of their training-case quality ranking against the corruption manifest. Hippocampus has no labelled
-test set, so it is scored on the clean labels of fold 0's validation cases. Results accumulate in ``results.json``
-(finished runs are skipped on a re-run) and the tables are printed in Markdown.
+method on the schedule (EPOCHSxITERATIONS, default NOISY_LABELS) -> ``nnUNetv2_predict`` on the 100 clean test
+images -> Dice. The QAM runs also give the ROC AUC of their training-case quality ranking against the corruption
+manifest. ``--repeat_rows`` run once per ``--seeds`` value: seed s > 0 corrupts with seed s and trains the
+``_seed<s>`` variant of each trainer (seeded weights and sampling), and the table gives mean +- std over the seeds.
+Hippocampus has no labelled test set, so it is scored on the clean labels of fold 0's validation cases. Results
+accumulate in ``results.json`` (finished runs are skipped on a re-run; a stopped training continues with ``--c``) and
+the tables are printed in Markdown.
 """
 import argparse
 import json
 import os
 
-from common import (ROOT, SHARED_DATA, Workspace, copy_bench_plans, make_bench_plans, model_folder,
-                    train_and_test)
+from common import (JSRT_STRUCTURES, ROOT, SHARED_DATA, Workspace, copy_bench_plans, ensure_bench_plans,
+                    link_hippocampus, make_jsrt_datasets, model_folder, train_and_test)
 
 from nnunet_ras._io import write_json_atomically
-from nnunet_ras_bench_trainers import NOISY_LABELS
+from nnunet_ras_bench_trainers import (NOISY_LABELS, SCHEDULES_VARIABLE, SEEDS_VARIABLE, parse_schedule,
+                                       schedule_name)
 
-SCHEDULE = f'{NOISY_LABELS[0]}epochs_{NOISY_LABELS[1]}iters'
-METHODS = {'baseline': f'nnUNetTrainer_{SCHEDULE}', 'QAM': f'nnUNetTrainerQAM_NoOCM_{SCHEDULE}',
-           'QAM+OCM': f'nnUNetTrainerQAM_{SCHEDULE}'}
-STRUCTURE_IDS = {'lungs': 801, 'heart': 802, 'clavicles': 803}
+METHODS = {'baseline': 'nnUNetTrainer', 'QAM': 'nnUNetTrainerQAM_NoOCM', 'QAM+OCM': 'nnUNetTrainerQAM',
+           'small-loss': 'nnUNetTrainerSmallLoss', 'small-loss-50': 'nnUNetTrainerSmallLoss_Forget50'}
+DEFAULT_METHODS = ['baseline', 'QAM', 'QAM+OCM']
+STRUCTURE_IDS = JSRT_STRUCTURES
 SEED_TABLE = {  # Zhu's thesis: mean Dice over lung, heart, clavicle; per structure
     ('0', 'baseline'): (0.943, 0.941, 0.862, 0.915), ('0', 'QAM'): (0.939, 0.923, 0.831, 0.898),
     ('0', 'QAM+OCM'): (0.941, 0.940, 0.852, 0.911),
@@ -58,13 +64,22 @@ def scaled(radii, size: int):
     return tuple(max(1, int(r * size / 256 + 0.5)) for r in radii)
 
 
-def noisy_name(prefix: str, row: str) -> str:
-    """The corrupted data set's name, e.g. JSRTLungsNoisy50r5to13."""
-    return f'{prefix}Noisy{row.replace(":", "r").replace("-", "to")}'
+def noisy_name(prefix: str, row: str, seed: int = 0) -> str:
+    """The corrupted data set's name, e.g. JSRTLungsNoisy50r5to13 (corruption seed 0), ...Noisy50r5to13Seed1."""
+    return f'{prefix}Noisy{row.replace(":", "r").replace("-", "to")}{f"Seed{seed}" if seed else ""}'
 
 
-def jsrt_noisy_name(structure: str, row: str) -> str:
-    return noisy_name(f'JSRT{structure.capitalize()}', row)
+def jsrt_noisy_name(structure: str, row: str, seed: int = 0) -> str:
+    return noisy_name(f'JSRT{structure.capitalize()}', row, seed)
+
+
+def trainer_name(method: str, schedule: str, seed: int = 0) -> str:
+    return f'{METHODS[method]}_{schedule}{f"_seed{seed}" if seed else ""}'
+
+
+def result_key(kind: str, schedule: str, row: str, what: str, seed: int = 0) -> str:
+    """The results.json key of one run (seed 0 keeps the key of the runs before seeds existed)."""
+    return f'{kind}|{schedule}|{row}|{what}{f"|seed{seed}" if seed else ""}'
 
 
 def _ranking_auc(folder: str):
@@ -79,7 +94,7 @@ def _save(results: dict, path: str) -> None:
     write_json_atomically(path, results)
 
 
-def _dataset_for_row(ws: Workspace, source_id: int, row: str, radii, name: str) -> int:
+def _dataset_for_row(ws: Workspace, source_id: int, row: str, radii, name: str, seed: int = 0) -> int:
     """The corrupted copy of ``source_id`` for this row, found by its name or made under the first free id from 810
     (ids do not depend on the order of ``--rows``)."""
     fraction, _ = parse_row(row)
@@ -90,29 +105,26 @@ def _dataset_for_row(ws: Workspace, source_id: int, row: str, radii, name: str) 
         return datasets[name]
     dataset_id = min(set(range(810, 1000)) - set(datasets.values()))
     ws.run(['nnunet-ras', 'corrupt-labels', '-d', str(source_id), '-o', str(dataset_id), '-name', name,
-            '-fraction', str(fraction), '-radius', str(radii[0]), str(radii[1]), '-seed', '0'])
+            '-fraction', str(fraction), '-radius', str(radii[0]), str(radii[1]), '-seed', str(seed)])
     return dataset_id
 
 
 def run_jsrt(ws: Workspace, args, results: dict, results_path: str) -> None:
-    if not os.path.isdir(ws.path('nnUNet_raw', 'Dataset801_JSRTLungs')):
-        ws.run(['nnunet-ras', 'jsrt-to-dataset', '-i', os.path.join(SHARED_DATA, 'jsrt_scr_256'), '-d', '801',
-                '-size', str(args.size)])
-    for row in args.rows:
+    make_jsrt_datasets(ws, args.size)
+    for row, seed in runs_of(args):
         _, radii = parse_row(row)
         radii = scaled(radii, args.size) if radii else None
         for structure in args.structures:
             source = STRUCTURE_IDS[structure]
-            dataset_id = _dataset_for_row(ws, source, row, radii, jsrt_noisy_name(structure, row))
-            if not os.path.isdir(ws.path('nnUNet_preprocessed', os.path.basename(ws.dataset_folder(source)),
-                                         'nnUNetBenchPlans_2d')):
-                make_bench_plans(ws, source, '2d')
+            dataset_id = _dataset_for_row(ws, source, row, radii, jsrt_noisy_name(structure, row, seed), seed)
+            ensure_bench_plans(ws, source, '2d')
             if dataset_id != source and not os.path.isdir(ws.path(
                     'nnUNet_preprocessed', os.path.basename(ws.dataset_folder(dataset_id)), 'nnUNetBenchPlans_2d')):
                 copy_bench_plans(ws, source, dataset_id, '2d')
             folder = ws.dataset_folder(source)
-            for method, trainer in METHODS.items():
-                key = f'jsrt|{SCHEDULE}|{row}|{structure}|{method}'
+            for method in args.methods:
+                trainer = trainer_name(method, args.schedule_name, seed)
+                key = result_key('jsrt', args.schedule_name, row, f'{structure}|{method}', seed)
                 if key in results:
                     continue
                 run = train_and_test(ws, dataset_id, '2d', trainer, 'nnUNetBenchPlans', '0',
@@ -125,22 +137,19 @@ def run_jsrt(ws: Workspace, args, results: dict, results_path: str) -> None:
                 print(key, run['dice'], run['auc_train'], flush=True)
 
 
-def run_hippocampus(ws: Workspace, row: str, results: dict, results_path: str) -> None:
-    link = ws.path('nnUNet_raw', 'Dataset004_Hippocampus')
-    if not os.path.exists(link):
-        os.symlink(os.path.join(SHARED_DATA, 'Dataset004_Hippocampus'), link)
+def run_hippocampus(ws: Workspace, args, row: str, results: dict, results_path: str) -> None:
+    link_hippocampus(ws)
     _, radii = parse_row(row)
     dataset_id = _dataset_for_row(ws, 4, row, radii, noisy_name('Hippocampus', row))
-    if not os.path.isdir(ws.path('nnUNet_preprocessed', os.path.basename(ws.dataset_folder(dataset_id)),
-                                 'nnUNetBenchPlans_3d_fullres')):
-        make_bench_plans(ws, dataset_id, '3d_fullres', batch_size=4)
+    ensure_bench_plans(ws, dataset_id, '3d_fullres', batch_size=4)
     from nnunet_ras.evaluation.evaluate import evaluate_folder
-    for method, trainer in METHODS.items():
-        key = f'hippocampus|{SCHEDULE}|{row}|{method}'
+    for method in args.methods:
+        trainer = trainer_name(method, args.schedule_name)
+        key = result_key('hippocampus', args.schedule_name, row, method)
         if key in results:
             continue
         seconds = ws.run(['nnUNetv2_train', str(dataset_id), '3d_fullres', '0', '-tr', trainer, '-p',
-                          'nnUNetBenchPlans', '-device', 'cpu'])
+                          'nnUNetBenchPlans', '-device', 'cpu', '--c'])
         folder = model_folder(ws, dataset_id, trainer, 'nnUNetBenchPlans', '3d_fullres')
         validation = os.path.join(folder, 'fold_0', 'validation')
         cases = sorted(f[:-7] for f in os.listdir(validation) if f.endswith('.nii.gz'))
@@ -157,32 +166,57 @@ def _fmt(value) -> str:
     return '-' if value is None else f'{value:.3f}'
 
 
+def _spread(values) -> str:
+    """One value as 0.123; several (seeds) as 0.123 +- 0.004 (sample std); none as '-'."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return '-'
+    if len(values) == 1:
+        return _fmt(values[0])
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f'{mean:.3f} ± {std:.3f}'
+
+
+def runs_of(args):
+    """(row, seed) for every run: each row with seed 0, the repeated rows with every seed."""
+    return [(row, seed) for row in args.rows for seed in (args.seeds if row in args.repeat_rows else [0])]
+
+
 def tables(results: dict, args) -> str:
-    lines = [f'JSRT at {args.size} px, fold 0 of 5 (80 training cases), {NOISY_LABELS[0]} epochs x '
-             f'{NOISY_LABELS[1]} iterations, '
-             f'light plans; Dice on the 100 clean test labels. Seed values in brackets.', '',
-             '| noisy share | degree (px at 256; at this size) | method | lungs | heart | clavicles | mean | '
-             'ranking AUC (mean over structures) |', '|---|---|---|---|---|---|---|---|']
+    structures = ('lungs', 'heart', 'clavicles')
+    lines = [f'JSRT at {args.size} px, fold 0 of 5 (80 training cases), {args.schedule_name}, light plans; Dice on '
+             f'the 100 clean test labels, mean ± std over corruption + training seeds {args.seeds} where repeated. '
+             'Seed values in brackets.', '',
+             '| noisy share | degree (px at 256; at this size) | method | runs | lungs | heart | clavicles | mean | '
+             'ranking AUC (mean over structures) |', '|---|---|---|---|---|---|---|---|---|']
     for row in args.rows:
         share, radii = parse_row(row)
-        for method in METHODS:
-            runs = {s: results.get(f'jsrt|{SCHEDULE}|{row}|{s}|{method}', {}) for s in STRUCTURE_IDS}
-            dice = [runs[s].get('dice') for s in ('lungs', 'heart', 'clavicles')]
-            aucs = [runs[s].get('auc_train') for s in args.structures]
-            aucs = [a for a in aucs if a is not None]
-            done = [d for d in dice if d is not None]
+        seeds = args.seeds if row in args.repeat_rows else [0]
+        for method in args.methods:
+            per_seed = [{s: results.get(result_key('jsrt', args.schedule_name, row, f'{s}|{method}', seed), {})
+                         for s in STRUCTURE_IDS} for seed in seeds]
+            dice = {s: [runs[s].get('dice') for runs in per_seed] for s in structures}
+            means = [sum(runs[s]['dice'] for s in structures) / 3 for runs in per_seed
+                     if all(runs[s].get('dice') is not None for s in structures)]
+            aucs = []
+            for runs in per_seed:
+                values = [runs[s].get('auc_train') for s in args.structures if runs[s].get('auc_train') is not None]
+                if values:
+                    aucs.append(sum(values) / len(values))
             seed = SEED_TABLE.get(('0' if radii is None else row, method))
-            cells = [f'{_fmt(d)} ({seed[i]:.3f})' if seed else _fmt(d) for i, d in enumerate(dice)]
-            mean = sum(done) / len(done) if len(done) == 3 else None
-            cells.append(f'{_fmt(mean)} ({seed[3]:.3f})' if seed else _fmt(mean))
+            cells = [f'{_spread(dice[s])} ({seed[i]:.3f})' if seed else _spread(dice[s])
+                     for i, s in enumerate(structures)]
+            cells.append(f'{_spread(means)} ({seed[3]:.3f})' if seed else _spread(means))
+            done = sum(1 for runs in per_seed if any(r.get('dice') is not None for r in runs.values()))
             degree = '-' if radii is None else f'{radii[0]}-{radii[1]}; {"-".join(map(str, scaled(radii, args.size)))}'
-            lines.append(f'| {share:.0%} | {degree} | {method} | ' + ' | '.join(cells) +
-                         f' | {_fmt(sum(aucs) / len(aucs)) if aucs else "-"} |')
+            lines.append(f'| {share:.0%} | {degree} | {method} | {done} | ' + ' | '.join(cells) +
+                         f' | {_spread(aucs)} |')
     if args.hippocampus:
         lines += ['', f'Hippocampus ({args.hippocampus}), fold 0 validation cases against their clean labels:', '',
                   '| method | anterior | posterior | mean | ranking AUC |', '|---|---|---|---|---|']
-        for method in METHODS:
-            run = results.get(f'hippocampus|{SCHEDULE}|{args.hippocampus}|{method}', {})
+        for method in args.methods:
+            run = results.get(result_key('hippocampus', args.schedule_name, args.hippocampus, method), {})
             dice = run.get('dice') or {}
             values = [dice.get('anterior'), dice.get('posterior')]
             mean = sum(values) / 2 if None not in values else None
@@ -197,17 +231,31 @@ def main() -> None:
                         help="'0' or 'SHARE:MIN-MAX' (percent, pixels at 256 px), the thesis's rows")
     parser.add_argument('--structures', nargs='+', default=list(STRUCTURE_IDS), choices=list(STRUCTURE_IDS))
     parser.add_argument('--size', type=int, default=64, help='JSRT image size (the data are 256 px)')
+    parser.add_argument('--schedule', default='x'.join(map(str, NOISY_LABELS)), help='EPOCHSxITERATIONS')
+    parser.add_argument('--methods', nargs='+', default=DEFAULT_METHODS, choices=list(METHODS))
+    parser.add_argument('--seeds', nargs='+', type=int, default=[0],
+                        help='corruption + training seeds of the repeated rows (0: the unseeded first run)')
+    parser.add_argument('--repeat_rows', nargs='*', default=None,
+                        help='rows run once per seed (default: the rows with a 50 %% share)')
     parser.add_argument('--hippocampus', default=None, help="e.g. '50:1-3' (share:voxel radius range)")
     parser.add_argument('--skip_jsrt', action='store_true')
-    parser.add_argument('--workdir', default=os.path.join(ROOT, 'bench', 'results', 'noisy_labels'))
+    parser.add_argument('--workdir', default=None,
+                        help='default: bench/results/noisy_labels at 64 px, bench/results/noisy_labels_<size>px else')
     args = parser.parse_args()
+    args.schedule_name = schedule_name(parse_schedule(args.schedule))
+    if args.repeat_rows is None:
+        args.repeat_rows = [r for r in args.rows if r.startswith('50:')]
+    if args.workdir is None:
+        args.workdir = os.path.join(ROOT, 'bench', 'results',
+                                    'noisy_labels' if args.size == 64 else f'noisy_labels_{args.size}px')
     ws = Workspace(args.workdir)
+    ws.env.update({SCHEDULES_VARIABLE: args.schedule, SEEDS_VARIABLE: ' '.join(str(s) for s in args.seeds if s)})
     results_path = os.path.join(args.workdir, 'results.json')
     results = json.load(open(results_path)) if os.path.isfile(results_path) else {}
     if not args.skip_jsrt:
         run_jsrt(ws, args, results, results_path)
     if args.hippocampus:
-        run_hippocampus(ws, args.hippocampus, results, results_path)
+        run_hippocampus(ws, args, args.hippocampus, results, results_path)
     table = tables(results, args)
     print(table)
     with open(os.path.join(args.workdir, 'table.md'), 'w') as f:

@@ -210,6 +210,70 @@ def test_2d_batch_with_empty_labels_gives_finite_loss(nnunet_env):
     assert np.isfinite(trainer.train_step(batch)['loss'])
 
 
+# ---------------------------------------------------------------- small-loss selection, the simple alternative
+
+def test_small_loss_mask_drops_the_largest_losses_among_contour_patches():
+    from nnunet_ras.training.small_loss import small_loss_mask
+    losses = torch.tensor([0.9, 0.1, 0.8, 0.3, 0.95, 0.2])
+    judged = torch.tensor([True, True, True, True, False, True])  # sample 4 has no contour: never dropped
+    assert small_loss_mask(losses, judged, 0.0).all()
+    assert small_loss_mask(losses, judged, 0.4).tolist() == [False, True, False, True, True, True]  # 2 of 5
+    assert small_loss_mask(losses, judged, 1.0).tolist() == [False, False, False, False, True, False]
+    everything = torch.ones(6, dtype=torch.bool)
+    assert small_loss_mask(losses, everything, 1.0).sum() == 1  # never the whole batch
+    assert small_loss_mask(losses, torch.zeros(6, dtype=torch.bool), 0.5).all()
+
+
+def test_small_loss_drops_the_wrong_label_once_the_network_fits_the_clean_ones(one_thread):
+    from nnunet_ras.training.small_loss import small_loss_mask
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1)
+    seg = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(8, 2, 1))
+    optimizer = torch.optim.Adam(seg.parameters(), lr=1e-2)
+    for step in range(60):  # a quarter of the labels wrong, the network trained on the kept ones only
+        image, target = _discs(gen, corrupt=step % 4)
+        losses = _soft_dice_losses(seg(image), target)
+        keep = small_loss_mask(losses, torch.ones(4, dtype=torch.bool), 0.25 * min(1.0, step / 10))
+        optimizer.zero_grad()
+        losses[keep].mean().backward()
+        optimizer.step()
+    with torch.no_grad():  # fresh batches: the dropped sample is the one with the wrong label
+        dropped = [int((~small_loss_mask(_soft_dice_losses(seg(i), t), torch.ones(4, dtype=torch.bool),
+                                         0.25)).nonzero()) for i, t in (_discs(gen, corrupt=c) for c in (0, 1, 2, 3))]
+    assert dropped == [0, 1, 2, 3]
+
+
+def test_small_loss_trainer_trains_on_the_kept_samples(nnunet_env):
+    from nnunet_ras.training import nnUNetTrainerSmallLoss_1epoch_5iters
+    from nnunet_ras.training.losses import per_sample_losses
+    from nnunet_ras.quality.weighting import holds_contour
+    from nnunet_ras.training.small_loss import small_loss_mask
+    trainer = _trainer(nnunet_env, nnUNetTrainerSmallLoss_1epoch_5iters, '3d_fullres')
+    trainer.num_epochs = 20  # the rate ramps up over the first 2 epochs
+    rates = []
+    for epoch in (0, 1, 5):
+        trainer.current_epoch = epoch
+        rates.append(trainer.current_forget_rate())
+    assert rates == [0, trainer.forget_rate / 2, trainer.forget_rate] and trainer.forget_rate == 0.25
+    batch = next(_batches(trainer))
+    data, target = batch['data'], batch['target']
+    trainer.network.train()
+    with torch.no_grad():
+        output = trainer.network(data)
+        plain = trainer.loss.loss(output, target)
+        assert torch.equal(trainer.loss(output, target), plain)  # validation: the plain loss
+    output = trainer.network(data)
+    losses = per_sample_losses(trainer.loss.loss, output, target)
+    judged = holds_contour(target[0], trainer.label_manager.num_segmentation_heads, False)
+    keep = small_loss_mask(losses, judged, trainer.forget_rate)
+    assert judged.sum() >= 2 and (~keep).sum() == round(trainer.forget_rate * int(judged.sum()))
+    assert torch.allclose(trainer.loss(output, target), losses[keep].mean())
+    before = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    assert np.isfinite(trainer.train_step(batch)['loss'])
+    assert any(not torch.equal(v, before[k]) for k, v in trainer.network.state_dict().items())
+
+
 # -------------------------------------------------------------------------- stock chain and nnunet-ras quality
 
 def _model_folder(ws, trainer=RASQAM, dataset=NAME):

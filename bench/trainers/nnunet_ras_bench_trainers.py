@@ -9,11 +9,16 @@ Every benchmark trainer is ``Resumable``: long CPU trainings span several sessio
 (``bench/learning_curves.py``), so a run checkpoints after every epoch, can keep a copy every N epochs for a learning
 curve, and can stop by itself at an epoch's end after a wall-time budget, to be continued with nnU-Net's ``--c``.
 """
+import json
 import os
+import random
+import resource
 import shutil
 import sys
 import time
-from typing import List, Tuple
+from typing import List, Optional, Tuple
+
+import numpy as np
 
 import torch
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
@@ -24,7 +29,7 @@ from nnunet_ras.training import (nnUNetTrainerHybrid25D, nnUNetTrainerQAM, nnUNe
                                  nnUNetTrainerRAS_DiceCE, nnUNetTrainerRAS_LRDEHL, nnUNetTrainerRAS_NoAttention,
                                  nnUNetTrainerRAS_NoDropout, nnUNetTrainerRAS_NoSeparable,
                                  nnUNetTrainerRAS_SquaredDice, nnUNetTrainerResSEUNet, nnUNetTrainerSEUNet,
-                                 nnUNetTrainerVNet)
+                                 nnUNetTrainerSmallLoss, nnUNetTrainerSmallLoss_Forget50, nnUNetTrainerVNet)
 from nnunet_ras.training.schedules import short_schedules
 
 BENCH = (8, 20)  # epochs, iterations per epoch: 160 iterations
@@ -34,6 +39,8 @@ NOISY_LABELS = (20, 25)  # bench/noisy_labels.py: 500 iterations, enough for the
 SCHEDULES_VARIABLE = 'nnUNet_ras_bench_schedules'  # further schedules for every trainer, e.g. '100x50 40x50'
 STOP_AFTER_VARIABLE = 'nnUNet_ras_bench_stop_after_s'  # stop at the first epoch end after this many seconds
 KEEP_EVERY_VARIABLE = 'nnUNet_ras_bench_keep_every'  # keep checkpoint_epoch_<N>.pth every N epochs
+SEEDS_VARIABLE = 'nnUNet_ras_bench_seeds'  # repeat runs: '1' adds <trainer>_<schedule>_seed1 for every trainer
+FACTS_FILE = 'bench_facts.json'  # in the fold folder: iterations per epoch, peak memory over all chunks
 
 
 def parse_schedule(text: str) -> Tuple[int, int]:
@@ -56,13 +63,26 @@ class Resumable:
     """Checkpoints after every epoch (written under a temporary name, then renamed, so that a run stopped while
     saving can still be continued), keeps ``checkpoint_epoch_<N>.pth`` every ``KEEP_EVERY_VARIABLE`` epochs, and ends
     the process cleanly at the first epoch end after ``STOP_AFTER_VARIABLE`` seconds (exit code 0, no final
-    checkpoint, no validation: ``nnUNetv2_train ... --c`` continues)."""
+    checkpoint, no validation: ``nnUNetv2_train ... --c`` continues).
+
+    After every epoch ``FACTS_FILE`` in the fold folder gets the iterations per epoch and the peak memory of the
+    training so far, over all its processes: on a GPU torch's peak allocation, on the CPU the training process's peak
+    resident set (the augmentation worker not counted).
+
+    ``seed``: a repeat run's seed for Python, NumPy and torch (initial weights, sampling); ``None`` leaves nnU-Net's
+    unseeded default. The augmentation worker draws its own random numbers either way, so a seeded run is another
+    run, not a replayable one."""
+    seed: Optional[int] = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):  # nnU-Net records these arguments by name
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.save_every = 1
         self._process_start = time.time()
+        if self.seed is not None:
+            random.seed(self.seed)
+            np.random.seed(self.seed)
+            torch.manual_seed(self.seed)
 
     def save_checkpoint(self, filename: str) -> None:
         super().save_checkpoint(filename + '.partial')
@@ -72,6 +92,7 @@ class Resumable:
     def on_epoch_end(self) -> None:
         super().on_epoch_end()
         done = self.current_epoch  # epochs finished; checkpoint_latest.pth holds them unless the schedule is over
+        self._record_facts()
         if done >= self.num_epochs:
             return
         keep = int(os.environ.get(KEEP_EVERY_VARIABLE, '0'))
@@ -88,22 +109,45 @@ class Resumable:
             sys.exit(0)
 
 
+    def _record_facts(self) -> None:
+        if self.local_rank != 0:
+            return
+        path = os.path.join(self.output_folder, FACTS_FILE)
+        facts = json.load(open(path)) if os.path.isfile(path) else {}
+        if self.device.type == 'cuda':
+            peak, kind = torch.cuda.max_memory_allocated(self.device) / 2 ** 20, 'torch.cuda.max_memory_allocated'
+        else:
+            peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'peak RSS of the training process'
+        facts.update({'iterations_per_epoch': self.num_iterations_per_epoch, 'batch_size': self.batch_size,
+                      'peak_memory_mb': max(peak, facts.get('peak_memory_mb', 0)), 'peak_memory_kind': kind,
+                      'device': self.device.type})
+        with open(path + '.partial', 'w') as f:
+            json.dump(facts, f, indent=1)
+        os.replace(path + '.partial', path)
+
+
 def _extra_schedules() -> List[Tuple[int, int]]:
     return [parse_schedule(s) for s in os.environ.get(SCHEDULES_VARIABLE, '').split()]
 
 
 COMPARED = (nnUNetTrainer, nnUNetTrainerRAS, nnUNetTrainerRAS_DiceCE, nnUNetTrainerSEUNet, nnUNetTrainerResSEUNet,
             nnUNetTrainerVNet, nnUNetTrainerHybrid25D, nnUNetTrainerRAS_NoAttention, nnUNetTrainerRAS_NoSeparable,
-            nnUNetTrainerRAS_NoDropout, nnUNetTrainerRAS_SquaredDice, nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM)
+            nnUNetTrainerRAS_NoDropout, nnUNetTrainerRAS_SquaredDice, nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM,
+            nnUNetTrainerSmallLoss, nnUNetTrainerSmallLoss_Forget50)
 BENCH_SCHEDULES = {
     **{trainer: [BENCH] for trainer in COMPARED},
     nnUNetTrainerRAS_LRDEHL: [FINE_TUNE],
-    **{trainer: [BENCH, NOISY_LABELS] for trainer in (nnUNetTrainer, nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM)},
+    **{trainer: [BENCH, NOISY_LABELS] for trainer in (nnUNetTrainer, nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM,
+                                                      nnUNetTrainerSmallLoss, nnUNetTrainerSmallLoss_Forget50)},
 }
 for _trainer in (*COMPARED, nnUNetTrainerRAS_LRDEHL):
     BENCH_SCHEDULES[_trainer] = sorted(set(BENCH_SCHEDULES[_trainer]) | set(_extra_schedules()))
 
 _CLASSES = {name: type(name, (Resumable, cls), {'__module__': __name__, '__qualname__': name, '__doc__': cls.__doc__})
             for name, cls in short_schedules(BENCH_SCHEDULES, __name__).items()}
+_CLASSES.update({f'{name}_seed{seed}': type(f'{name}_seed{seed}', (cls,), {
+    'seed': seed, '__module__': __name__, '__qualname__': f'{name}_seed{seed}',
+    '__doc__': f'{cls.__doc__} Repeat run, seed {seed}.'})
+    for seed in (int(s) for s in os.environ.get(SEEDS_VARIABLE, '').split()) for name, cls in list(_CLASSES.items())})
 globals().update(_CLASSES)
 __all__ = list(_CLASSES)

@@ -28,6 +28,14 @@ def label_channels(target: torch.Tensor, num_channels: int, has_regions: bool) -
     return onehot.scatter_(1, target.long().clamp(0, num_channels), 1)[:, :num_channels]
 
 
+def holds_contour(target: torch.Tensor, num_channels: int, has_regions: bool) -> torch.Tensor:
+    """Per sample of nnU-Net's full-resolution target: does the label hold any foreground (the ignore label does not
+    count)? Patches without contour say nothing about a label's quality."""
+    labels = label_channels(target, num_channels, has_regions)
+    foreground = labels if has_regions else labels[:, 1:]
+    return foreground.flatten(1).any(1)
+
+
 def case_label_channels(seg: np.ndarray, label_manager: LabelManager) -> np.ndarray:
     """A preprocessed case's (1, ...) label map as the QAM saw such labels in training: for region training first
     made into one channel per foreground region by nnU-Net's own transform (its data loader's), then

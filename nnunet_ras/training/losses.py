@@ -4,7 +4,7 @@ V-Net's squared-denominator Dice and LRDEHL, as nnU-Net loss modules: logits and
 Targets come as nnU-Net gives them: a label map (B, 1, ...) or, for region training, a one-hot (B, R, ...) tensor.
 Wrap them with ``with_deep_supervision`` for deep-supervision outputs.
 """
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -114,6 +114,17 @@ def rank_local(loss: nn.Module) -> nn.Module:
         if 'ddp' in vars(module):
             module.ddp = False
     return loss
+
+
+def _sample(x: Union[torch.Tensor, Sequence[torch.Tensor]], i: int):
+    return [t[i:i + 1] for t in x] if isinstance(x, (list, tuple)) else x[i:i + 1]
+
+
+def per_sample_losses(loss: nn.Module, output, target) -> torch.Tensor:
+    """``loss`` (deep supervision included: outputs and targets may be lists of scales) on each sample of the batch
+    alone, as a vector; give it a ``rank_local`` loss under DDP."""
+    batch_size = (output[0] if isinstance(output, (list, tuple)) else output).shape[0]
+    return torch.stack([loss(_sample(output, i), _sample(target, i)) for i in range(batch_size)])
 
 
 class DeepSupervisedLoss:

@@ -31,15 +31,12 @@ from torch.nn.parallel import DistributedDataParallel
 from nnunet_ras._io import write_atomically
 from nnunet_ras.networks.quality import QualityAssessmentNet
 from nnunet_ras.quality.ranking import write_training_ranking
-from nnunet_ras.quality.weighting import CHECKPOINT_KEY, label_channels, overfitting_control, quality_weights
-from nnunet_ras.training.losses import rank_local
+from nnunet_ras.quality.weighting import (CHECKPOINT_KEY, holds_contour, label_channels, overfitting_control,
+                                         quality_weights)
+from nnunet_ras.training.losses import per_sample_losses, rank_local
 from nnunet_ras.training.trainers import nnUNetTrainerRAS
 
 QualityLog = Dict[str, List[tuple]]
-
-
-def _sample(x: Union[torch.Tensor, Sequence[torch.Tensor]], i: int):
-    return [t[i:i + 1] for t in x] if isinstance(x, (list, tuple)) else x[i:i + 1]
 
 
 def gather_across_ranks(values: torch.Tensor) -> Tuple[torch.Tensor, slice]:
@@ -114,15 +111,8 @@ class QualityWeighting:
 
     def holds_contour(self, full_resolution_target: torch.Tensor) -> torch.Tensor:
         """Per sample: does the label hold any foreground (the ignore label does not count)?"""
-        labels = label_channels(full_resolution_target, self.label_manager.num_segmentation_heads,
-                               self.label_manager.has_regions)
-        foreground = labels if self.label_manager.has_regions else labels[:, 1:]
-        return foreground.flatten(1).any(1)
-
-    def per_sample_losses(self, output, target) -> torch.Tensor:
-        """The trainer's own loss (deep supervision included) on each sample of the batch alone."""
-        batch_size = (output[0] if isinstance(output, (list, tuple)) else output).shape[0]
-        return torch.stack([self.loss(_sample(output, i), _sample(target, i)) for i in range(batch_size)])
+        return holds_contour(full_resolution_target, self.label_manager.num_segmentation_heads,
+                             self.label_manager.has_regions)
 
     def sample_weights(self, scores: torch.Tensor, judged: torch.Tensor) -> torch.Tensor:
         """The weights of this rank's samples: ``quality_weights`` of the whole batch's scores.
@@ -150,7 +140,7 @@ class QualityWeighting:
         self.qam_optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == 'cuda' else dummy_context():
             output = self.network(data)
-            losses = self.per_sample_losses(output, target)
+            losses = per_sample_losses(self.loss, output, target)
             full_resolution = target[0] if isinstance(target, list) else target
             # scored after the segmentation loss, so that backward, which runs the latest operations first, does the
             # gather's and the QAM's exchanges between the ranks before the network's, in the same order on every rank

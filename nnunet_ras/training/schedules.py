@@ -14,6 +14,7 @@ from nnunet_ras.training.baselines import (nnUNetTrainerHybrid25D, nnUNetTrainer
                                            nnUNetTrainerVNet)
 from nnunet_ras.training.quality_weighting import (nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM, nnUNetTrainerRASQAM,
                                                    nnUNetTrainerRASQAM_NoOCM)
+from nnunet_ras.training.small_loss import nnUNetTrainerSmallLoss
 from nnunet_ras.training.trainers import (nnUNetTrainerRAS, nnUNetTrainerRAS_DiceCE, nnUNetTrainerRAS_LRDEHL,
                                           nnUNetTrainerRAS_NoAttention, nnUNetTrainerRAS_NoDropout,
                                           nnUNetTrainerRAS_NoSeparable, nnUNetTrainerRAS_SquaredDice)
@@ -29,7 +30,8 @@ SCHEDULES: Dict[Type[nnUNetTrainer], List[Schedule]] = {
         nnUNetTrainerRAS_DiceCE, nnUNetTrainerRAS_NoAttention, nnUNetTrainerRAS_NoSeparable,
         nnUNetTrainerRAS_NoDropout, nnUNetTrainerRAS_SquaredDice, nnUNetTrainerRAS_LRDEHL,
         nnUNetTrainerSEUNet, nnUNetTrainerResSEUNet, nnUNetTrainerVNet, nnUNetTrainerHybrid25D,
-        nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM, nnUNetTrainerRASQAM, nnUNetTrainerRASQAM_NoOCM)},
+        nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM, nnUNetTrainerRASQAM, nnUNetTrainerRASQAM_NoOCM,
+        nnUNetTrainerSmallLoss)},
 }
 
 
