@@ -17,6 +17,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from pynetdicom import AE
+from scipy import ndimage
 from pynetdicom.sop_class import Verification
 
 from conftest import SHARED_DATA
@@ -202,11 +203,17 @@ def test_two_series_sent_at_once_come_back_as_rtstructs_that_match_the_jobs(node
                 assert dice(got.astype(np.uint8), expected.astype(np.uint8), 1) >= 0.99, (job['id'],
                                                                                            structure['name'])
             if structure['name'] == 'PTV' and expected.any():
-                # rt-utils fills the polygon through its rounded vertices (cv2.fillPoly), so it adds the voxels the
-                # contour line passes by: on the 1-epoch model's speckled Liver / GTV that costs 0.1-0.2 Dice, on
-                # the margin-grown PTV, whose border is smooth, it reads the job's mask back
+                # rt-utils fills the polygon through its rounded vertices (cv2.fillPoly), so it adds or drops the
+                # voxels the contour line passes by: on the 1-epoch model's speckled Liver / GTV that costs 0.1-0.2
+                # Dice; on the margin-grown PTV, whose border is smooth, it reads the job's mask back up to that line
+                # (0.986-1.0 Dice, depending on the random model's PTV), so every voxel where they differ must lie
+                # on the mask's in-plane border
                 mask = np.moveaxis(rt_utils.get_roi_mask_by_name('PTV'), 2, 0)  # (rows, columns, slices) -> zyx
-                assert dice(mask.astype(np.uint8), expected.astype(np.uint8), 1) >= 0.99, job['id']
+                in_plane = np.ones((1, 3, 3), bool)
+                border = ndimage.binary_dilation(expected, in_plane) & ~ndimage.binary_erosion(expected, in_plane)
+                differ = mask != expected
+                assert not (differ & ~border).any(), (job["id"], int((differ & ~border).sum()))
+                assert dice(mask.astype(np.uint8), expected.astype(np.uint8), 1) >= 0.95, job['id']
     assert not os.listdir(os.path.join(node.server.data, 'dicom_incoming'))  # every series became a job
 
 
