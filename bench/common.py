@@ -113,18 +113,22 @@ def copy_bench_plans(ws: Workspace, source_id: int, target_id: int, configuratio
     return BENCH_PLANS
 
 
-def model_folder(ws: Workspace, dataset_id: int, trainer: str, plans: str, configuration: str) -> str:
+def model_folder(ws: Workspace, dataset_id: int, trainer: str, plans: str, configuration: str,
+                 fold: Optional[str] = None) -> str:
+    """nnU-Net's results folder of a trainer, plans and configuration; with ``fold``, its ``fold_<fold>``."""
     name = os.path.basename(glob.glob(ws.path('nnUNet_preprocessed', f'Dataset{dataset_id:03d}_*'))[0])
-    return ws.path('nnUNet_results', name, f'{trainer}__{plans}__{configuration}')
+    folder = ws.path('nnUNet_results', name, f'{trainer}__{plans}__{configuration}')
+    return folder if fold is None else os.path.join(folder, f'fold_{fold}')
 
 
 def train_and_test(ws: Workspace, dataset_id: int, configuration: str, trainer: str, plans: str, fold: str,
                    test_images: str, test_labels: str, file_ending: str) -> Dict:
-    """Stock nnUNetv2_train (continuing a stopped run), stock nnUNetv2_predict on the test images (no test-time mirroring, to save CPU time),
-    and ``nnunet-ras evaluate``'s metrics against the test labels (labels named by the data set's dataset.json)."""
+    """Stock nnUNetv2_train (continuing a stopped run), stock nnUNetv2_predict on the test images (no test-time
+    mirroring, to save CPU time), and ``nnunet-ras evaluate``'s metrics against the test labels (labels named by the
+    data set's dataset.json)."""
     from nnunet_ras.evaluation.evaluate import evaluate_folder, targets_from_dataset_json
     train_s = ws.run(['nnUNetv2_train', str(dataset_id), configuration, fold, '-tr', trainer, '-p', plans,
-                      '-device', 'cpu', '--c'])  # --c: continues a run that stopped (Resumable), else starts
+                      '-device', 'cpu', '--c'])
     out = os.path.join(model_folder(ws, dataset_id, trainer, plans, configuration), f'test_fold_{fold}')
     predict_s = ws.run(['nnUNetv2_predict', '-i', test_images, '-o', out, '-d', str(dataset_id), '-c',
                         configuration, '-tr', trainer, '-p', plans, '-f', fold, '-device', 'cpu', '--disable_tta',

@@ -36,7 +36,7 @@ class OutOfBudget(Exception):
 
 
 def fold_folder(ws: Workspace, trainer: str, fold: str) -> str:
-    return os.path.join(model_folder(ws, DATASET, trainer, PLANS, CONFIGURATION), f'fold_{fold}')
+    return model_folder(ws, DATASET, trainer, PLANS, CONFIGURATION, fold)
 
 
 def train(ws: Workspace, trainer: str, fold: str, deadline: float, *extra: str) -> None:

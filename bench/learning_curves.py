@@ -15,8 +15,9 @@ checkpoint is kept; each kept one gets a real validation: ``nnUNetv2_predict -ch
 ``nnunet-ras evaluate``'s Dice, on the fold's validation cases (Hippocampus) or the 100 clean test images (JSRT).
 nnU-Net's pseudo Dice (and its EMA) per epoch and the epochs' wall time come from the checkpoint's log. The
 invocation stops launching chunks after ``--budget_minutes``; a re-run continues where the last one stopped and
-skips what is done. Writes ``learning_curves_<task>_fold_<F>.json`` / ``.md`` in the workspace and the plot
-``docs/learning_curves_<task>.png``.
+skips what is done. Writes ``learning_curves_<task>_fold_<F>.json`` (every schedule's curves) and
+``learning_curves_<task>_fold_<F>_<schedule>.md`` in the workspace and the plot
+``docs/learning_curves_<task>_<schedule>.png`` (schedule as ``100epochs_50iters``).
 """
 import argparse
 import glob
@@ -29,6 +30,8 @@ from typing import Dict, List, Optional
 
 from common import (HIPPOCAMPUS, JSRT_STRUCTURES, ROOT, SHARED_DATA, Workspace, ensure_bench_plans, link_hippocampus,
                     make_jsrt_datasets, model_folder)
+
+from noisy_labels import default_workdir
 
 from nnunet_ras._io import write_json_atomically
 from nnunet_ras_bench_trainers import (KEEP_EVERY_VARIABLE, SCHEDULES_VARIABLE, STOP_AFTER_VARIABLE, parse_schedule,
@@ -52,7 +55,7 @@ class Task:
     cases: Optional[List[str]] = None  # None: every reference case
 
     def fold_folder(self, ws: Workspace, trainer: str, fold: str) -> str:
-        return os.path.join(model_folder(ws, self.dataset_id, trainer, PLANS, self.configuration), f'fold_{fold}')
+        return model_folder(ws, self.dataset_id, trainer, PLANS, self.configuration, fold)
 
 
 def prepare(ws: Workspace, name: str, size: int, fold: str) -> Task:
@@ -82,19 +85,20 @@ def _load(path: str) -> dict:
 
 
 def progress(ws: Workspace, task: Task, trainer: str, fold: str):
-    """(epochs done, the newest checkpoint's path or None, finished)."""
+    """(epochs done, the newest checkpoint (loaded) or None, finished)."""
     folder = task.fold_folder(ws, trainer, fold)
     for name, finished in (('checkpoint_final.pth', True), ('checkpoint_latest.pth', False)):
         path = os.path.join(folder, name)
         if os.path.isfile(path):
-            return _load(path)['current_epoch'], path, finished
+            checkpoint = _load(path)
+            return checkpoint['current_epoch'], checkpoint, finished
     return 0, None, False
 
 
-def epoch_log(checkpoint_path: str, iterations: int) -> list:
+def epoch_log(checkpoint: dict, iterations: int) -> list:
     """Per epoch from nnU-Net's log in a checkpoint: iterations so far, cumulative epoch wall time (training and the
     per-epoch validation batches; the gaps between chunks are not counted), pseudo Dice per class and its EMA."""
-    log = _load(checkpoint_path)['logging']
+    log = checkpoint['logging']
     rows, wall = [], 0.0
     for epoch, (start, end) in enumerate(zip(log['epoch_start_timestamps'], log['epoch_end_timestamps'])):
         wall += end - start
@@ -136,13 +140,14 @@ def real_validation(ws: Workspace, task: Task, trainer: str, fold: str, checkpoi
     return {name: m['DSC']['mean'] for name, m in evaluation['summary'].items()}
 
 
-def kept_checkpoints(ws: Workspace, task: Task, trainer: str, fold: str) -> dict:
-    """epoch -> checkpoint file name, for the kept copies and the final checkpoint."""
+def kept_checkpoints(ws: Workspace, task: Task, trainer: str, fold: str, final_epoch: Optional[int]) -> dict:
+    """epoch -> checkpoint file name, for the kept copies and, once the run is finished (``final_epoch``), the final
+    checkpoint."""
     folder = task.fold_folder(ws, trainer, fold)
     kept = {int(re.search(r'_(\d+)\.pth$', p).group(1)): os.path.basename(p)
             for p in glob.glob(os.path.join(folder, 'checkpoint_epoch_*.pth'))}
-    if os.path.isfile(os.path.join(folder, 'checkpoint_final.pth')):
-        kept[_load(os.path.join(folder, 'checkpoint_final.pth'))['current_epoch']] = 'checkpoint_final.pth'
+    if final_epoch is not None:
+        kept[final_epoch] = 'checkpoint_final.pth'
     return kept
 
 
@@ -213,27 +218,28 @@ def main() -> None:
     deadline = time.time() + args.budget_minutes * 60
     jsrt = args.task.startswith('jsrt')
     if args.workdir is None:
-        args.workdir = os.path.join(ROOT, 'bench', 'results', 'compare_trainers' if not jsrt else
-                                    'noisy_labels' if args.size == 64 else f'noisy_labels_{args.size}px')
+        args.workdir = default_workdir(args.size) if jsrt else os.path.join(ROOT, 'bench', 'results',
+                                                                            'compare_trainers')
     trainers = args.trainers or (['nnUNetTrainer'] if jsrt else ['nnUNetTrainer', 'nnUNetTrainerRAS'])
     ws = Workspace(args.workdir)
     ws.env.update({SCHEDULES_VARIABLE: args.schedule, KEEP_EVERY_VARIABLE: str(args.keep_every)})
     task = prepare(ws, args.task, args.size, args.fold)
     trainers = [f'{t}_{schedule_name(schedule)}' for t in trainers]
     name = args.task if not jsrt else f'{args.task}_{args.size}px'
-    plot_path = os.path.join(ROOT, 'docs', f"learning_curves_{name.replace('-', '_')}.png")
+    plot_path = os.path.join(ROOT, 'docs', f"learning_curves_{name.replace('-', '_')}_{schedule_name(schedule)}.png")
     results_path = os.path.join(args.workdir, f'learning_curves_{name}_fold_{args.fold}.json')
     curves = json.load(open(results_path)) if os.path.isfile(results_path) else {}
 
     while True:
-        for trainer in trainers:  # validate what is kept and not yet validated, then record the curve
+        states = {t: progress(ws, task, t, args.fold) for t in trainers}
+        for trainer, (epochs_done, newest, finished) in states.items():  # validate what is kept, record the curve
             curve = curves.setdefault(trainer, {'epochs': [], 'validation': []})
-            epochs_done, newest, _ = progress(ws, task, trainer, args.fold)
             if newest is None:
                 continue
             curve['epochs'] = epoch_log(newest, schedule[1])
             validated = {p['epoch'] for p in curve['validation']}
-            for epoch, checkpoint in sorted(kept_checkpoints(ws, task, trainer, args.fold).items()):
+            kept = kept_checkpoints(ws, task, trainer, args.fold, epochs_done if finished else None)
+            for epoch, checkpoint in sorted(kept.items()):
                 if epoch in validated or epoch > len(curve['epochs']):
                     continue
                 dice = real_validation(ws, task, trainer, args.fold, checkpoint)
@@ -242,7 +248,6 @@ def main() -> None:
                 curve['validation'].sort(key=lambda p: p['epoch'])
                 print(f'{trainer} epoch {epoch}: validation Dice {dice}', flush=True)
             write_json_atomically(results_path, curves)
-        states = {t: progress(ws, task, t, args.fold) for t in trainers}
         unfinished = [(state[0], t) for t, state in states.items() if not state[2]]
         left = deadline - time.time()
         if not unfinished or left < 120:
@@ -251,14 +256,14 @@ def main() -> None:
         ws.env[STOP_AFTER_VARIABLE] = str(min(args.chunk_minutes * 60, left))
         seconds = ws.run(['nnUNetv2_train', str(task.dataset_id), task.configuration, args.fold, '-tr', trainer, '-p',
                           PLANS, '-device', 'cpu', '--c'])
-        print(f'{trainer}: epochs {epochs_done} -> {progress(ws, task, trainer, args.fold)[0]} in {seconds:.0f} s',
-              flush=True)
+        print(f'{trainer}: a chunk from epoch {epochs_done} in {seconds:.0f} s', flush=True)
 
-    if any(c['validation'] for c in curves.values()):
-        plot({t: curves[t] for t in trainers if t in curves}, task, schedule, plot_path)
-    text = table({t: curves[t] for t in trainers if t in curves}, task)
+    mine = {t: curves[t] for t in trainers if t in curves}
+    if any(c['validation'] for c in mine.values()):
+        plot(mine, task, schedule, plot_path)
+    text = table(mine, task)
     print(text)
-    with open(results_path[:-len('.json')] + '.md', 'w') as f:
+    with open(f"{results_path[:-len('.json')]}_{schedule_name(schedule)}.md", 'w') as f:
         f.write(text + '\n')
 
 

@@ -73,6 +73,11 @@ def jsrt_noisy_name(structure: str, row: str, seed: int = 0) -> str:
     return noisy_name(f'JSRT{structure.capitalize()}', row, seed)
 
 
+def default_workdir(size: int) -> str:
+    """The workspace of one JSRT image size: bench/results/noisy_labels at 64 px, noisy_labels_<size>px else."""
+    return os.path.join(ROOT, 'bench', 'results', 'noisy_labels' if size == 64 else f'noisy_labels_{size}px')
+
+
 def trainer_name(method: str, schedule: str, seed: int = 0) -> str:
     return f'{METHODS[method]}_{schedule}{f"_seed{seed}" if seed else ""}'
 
@@ -246,8 +251,7 @@ def main() -> None:
     if args.repeat_rows is None:
         args.repeat_rows = [r for r in args.rows if r.startswith('50:')]
     if args.workdir is None:
-        args.workdir = os.path.join(ROOT, 'bench', 'results',
-                                    'noisy_labels' if args.size == 64 else f'noisy_labels_{args.size}px')
+        args.workdir = default_workdir(args.size)
     ws = Workspace(args.workdir)
     ws.env.update({SCHEDULES_VARIABLE: args.schedule, SEEDS_VARIABLE: ' '.join(str(s) for s in args.seeds if s)})
     results_path = os.path.join(args.workdir, 'results.json')

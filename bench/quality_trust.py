@@ -1,7 +1,7 @@
 """How far can the contour quality score be trusted? Spearman rank correlation between the QAM score of
 ``nnunet-ras quality`` and the true Dice of deliberately corrupted test labels.
 
-    python bench/quality_trust.py [--workdir bench/results/noisy_labels] [--row 50:5-13] [--versions 4]
+    python bench/quality_trust.py [--row 50:5-13] [--size 64] [--schedule 20x25] [--versions 4] [--workdir ...]
 
 Uses the QAM+OCM models trained by bench/noisy_labels.py (one per JSRT structure). Each clean test label is
 corrupted ``--versions`` times (dilation or erosion, radius drawn from 0 up to the row's largest radius at the
@@ -17,8 +17,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.stats import spearmanr
 
-from common import ROOT, Workspace, model_folder
-from noisy_labels import METHODS, STRUCTURE_IDS, jsrt_noisy_name, parse_row, scaled
+from common import Workspace, model_folder
+from noisy_labels import STRUCTURE_IDS, default_workdir, jsrt_noisy_name, parse_row, scaled, trainer_name
+from nnunet_ras_bench_trainers import NOISY_LABELS, parse_schedule, schedule_name
 
 from nnunet_ras.evaluation.metrics import dice
 from nnunet_ras.noise.corrupt import corrupt_label_map
@@ -27,11 +28,14 @@ from nnunet_ras.quality.scoring import QualityModel
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--workdir', default=os.path.join(ROOT, 'bench', 'results', 'noisy_labels'))
     parser.add_argument('--row', default='50:5-13', help='the noisy_labels.py row whose QAM+OCM models are used')
     parser.add_argument('--size', type=int, default=64)
+    parser.add_argument('--schedule', default='x'.join(map(str, NOISY_LABELS)), help="those models' EPOCHSxITERATIONS")
+    parser.add_argument('--workdir', default=None, help="default: noisy_labels.py's workspace at --size")
     parser.add_argument('--versions', type=int, default=4, help='corrupted versions per test label')
     args = parser.parse_args()
+    args.workdir = args.workdir or default_workdir(args.size)
+    trainer = trainer_name('QAM+OCM', schedule_name(parse_schedule(args.schedule)))
     ws = Workspace(args.workdir)
     _, radii = parse_row(args.row)
     largest = scaled(radii, args.size)[1]
@@ -40,7 +44,7 @@ def main() -> None:
     results = {}
     for structure, source in STRUCTURE_IDS.items():
         noisy_id = ws.dataset_ids().get(jsrt_noisy_name(structure, args.row))
-        folder = noisy_id and model_folder(ws, noisy_id, METHODS['QAM+OCM'], 'nnUNetBenchPlans', '2d')
+        folder = noisy_id and model_folder(ws, noisy_id, trainer, 'nnUNetBenchPlans', '2d')
         if not folder or not os.path.isfile(os.path.join(folder, 'fold_0', 'checkpoint_final.pth')):
             continue
         model = QualityModel(folder, '0', device='cpu')

@@ -17,8 +17,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from pynetdicom import AE
-from scipy import ndimage
 from pynetdicom.sop_class import Verification
+from scipy import ndimage
 
 from conftest import SHARED_DATA
 from nnunet_ras.dicom.readers import plastimatch_masks

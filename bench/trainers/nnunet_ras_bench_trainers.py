@@ -16,10 +16,9 @@ import resource
 import shutil
 import sys
 import time
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
-
 import torch
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
@@ -79,6 +78,9 @@ class Resumable:
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.save_every = 1
         self._process_start = time.time()
+        self._keep_every = int(os.environ.get(KEEP_EVERY_VARIABLE, '0'))
+        self._stop_after = float(os.environ.get(STOP_AFTER_VARIABLE, '0'))
+        self._facts = None  # FACTS_FILE's content, read once (earlier processes of the run wrote it)
         if self.seed is not None:
             random.seed(self.seed)
             np.random.seed(self.seed)
@@ -95,39 +97,33 @@ class Resumable:
         self._record_facts()
         if done >= self.num_epochs:
             return
-        keep = int(os.environ.get(KEEP_EVERY_VARIABLE, '0'))
-        latest = os.path.join(self.output_folder, 'checkpoint_latest.pth')
-        if keep and done % keep == 0:
-            shutil.copy(latest, os.path.join(self.output_folder, f'checkpoint_epoch_{done}.pth'))
-        stop_after = float(os.environ.get(STOP_AFTER_VARIABLE, '0'))
-        if stop_after and time.time() - self._process_start > stop_after:
+        if self._keep_every and done % self._keep_every == 0:
+            shutil.copy(os.path.join(self.output_folder, 'checkpoint_latest.pth'),
+                        os.path.join(self.output_folder, f'checkpoint_epoch_{done}.pth'))
+        if self._stop_after and time.time() - self._process_start > self._stop_after:
             self.print_to_log_file(f'Stopping after epoch {done} of {self.num_epochs} ({STOP_AFTER_VARIABLE}='
-                                   f'{stop_after:.0f}); continue with --c')
+                                   f'{self._stop_after:.0f}); continue with --c')
             for loader in (self.dataloader_train, self.dataloader_val):
                 if isinstance(loader, (NonDetMultiThreadedAugmenter, MultiThreadedAugmenter)):
                     loader._finish()
             sys.exit(0)
 
-
     def _record_facts(self) -> None:
         if self.local_rank != 0:
             return
         path = os.path.join(self.output_folder, FACTS_FILE)
-        facts = json.load(open(path)) if os.path.isfile(path) else {}
+        if self._facts is None:
+            self._facts = json.load(open(path)) if os.path.isfile(path) else {}
         if self.device.type == 'cuda':
             peak, kind = torch.cuda.max_memory_allocated(self.device) / 2 ** 20, 'torch.cuda.max_memory_allocated'
         else:
             peak, kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 'peak RSS of the training process'
-        facts.update({'iterations_per_epoch': self.num_iterations_per_epoch, 'batch_size': self.batch_size,
-                      'peak_memory_mb': max(peak, facts.get('peak_memory_mb', 0)), 'peak_memory_kind': kind,
-                      'device': self.device.type})
+        self._facts.update({'iterations_per_epoch': self.num_iterations_per_epoch, 'batch_size': self.batch_size,
+                            'peak_memory_mb': max(peak, self._facts.get('peak_memory_mb', 0)),
+                            'peak_memory_kind': kind, 'device': self.device.type})
         with open(path + '.partial', 'w') as f:
-            json.dump(facts, f, indent=1)
+            json.dump(self._facts, f, indent=1)
         os.replace(path + '.partial', path)
-
-
-def _extra_schedules() -> List[Tuple[int, int]]:
-    return [parse_schedule(s) for s in os.environ.get(SCHEDULES_VARIABLE, '').split()]
 
 
 COMPARED = (nnUNetTrainer, nnUNetTrainerRAS, nnUNetTrainerRAS_DiceCE, nnUNetTrainerSEUNet, nnUNetTrainerResSEUNet,
@@ -140,8 +136,9 @@ BENCH_SCHEDULES = {
     **{trainer: [BENCH, NOISY_LABELS] for trainer in (nnUNetTrainer, nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM,
                                                       nnUNetTrainerSmallLoss, nnUNetTrainerSmallLoss_Forget50)},
 }
+_EXTRA_SCHEDULES = {parse_schedule(s) for s in os.environ.get(SCHEDULES_VARIABLE, '').split()}
 for _trainer in (*COMPARED, nnUNetTrainerRAS_LRDEHL):
-    BENCH_SCHEDULES[_trainer] = sorted(set(BENCH_SCHEDULES[_trainer]) | set(_extra_schedules()))
+    BENCH_SCHEDULES[_trainer] = sorted(set(BENCH_SCHEDULES[_trainer]) | _EXTRA_SCHEDULES)
 
 _CLASSES = {name: type(name, (Resumable, cls), {'__module__': __name__, '__qualname__': name, '__doc__': cls.__doc__})
             for name, cls in short_schedules(BENCH_SCHEDULES, __name__).items()}
