@@ -16,8 +16,8 @@ checkpoint is kept; each kept one gets a real validation: ``nnUNetv2_predict -ch
 nnU-Net's pseudo Dice (and its EMA) per epoch and the epochs' wall time come from the checkpoint's log. The
 invocation stops launching chunks after ``--budget_minutes``; a re-run continues where the last one stopped and
 skips what is done. Writes ``learning_curves_<task>_fold_<F>.json`` (every schedule's curves) and
-``learning_curves_<task>_fold_<F>_<schedule>.md`` in the workspace and the plot
-``docs/learning_curves_<task>_<schedule>.png`` (schedule as ``100epochs_50iters``).
+``.md`` in the workspace and the plot ``docs/learning_curves_<task>.png``; a run at another than the default
+schedule suffixes the last two with it (``_3epochs_3iters``), so a short trial cannot overwrite the real curve.
 """
 import argparse
 import glob
@@ -37,6 +37,7 @@ from nnunet_ras._io import write_json_atomically
 from nnunet_ras_bench_trainers import (KEEP_EVERY_VARIABLE, SCHEDULES_VARIABLE, STOP_AFTER_VARIABLE, parse_schedule,
                                        schedule_name)
 
+DEFAULT_SCHEDULE = '100x50'
 PLANS = 'nnUNetBenchPlans'
 TASKS = ['hippocampus', *(f'jsrt-{s}' for s in JSRT_STRUCTURES)]
 
@@ -205,7 +206,7 @@ def main() -> None:
     parser.add_argument('--size', type=int, default=128, help='JSRT image size (px)')
     parser.add_argument('--trainers', nargs='+', default=None,
                         help='default: nnUNetTrainer nnUNetTrainerRAS (Hippocampus), nnUNetTrainer (JSRT)')
-    parser.add_argument('--schedule', default='100x50', help='EPOCHSxITERATIONS of the whole run (poly learning rate '
+    parser.add_argument('--schedule', default=DEFAULT_SCHEDULE, help='EPOCHSxITERATIONS of the whole run (poly learning rate '
                         'over all of it)')
     parser.add_argument('--fold', default='0')
     parser.add_argument('--keep_every', type=int, default=10, help='epochs between kept, validated checkpoints')
@@ -226,7 +227,8 @@ def main() -> None:
     task = prepare(ws, args.task, args.size, args.fold)
     trainers = [f'{t}_{schedule_name(schedule)}' for t in trainers]
     name = args.task if not jsrt else f'{args.task}_{args.size}px'
-    plot_path = os.path.join(ROOT, 'docs', f"learning_curves_{name.replace('-', '_')}_{schedule_name(schedule)}.png")
+    suffix = '' if args.schedule == DEFAULT_SCHEDULE else f'_{schedule_name(schedule)}'
+    plot_path = os.path.join(ROOT, 'docs', f"learning_curves_{name.replace('-', '_')}{suffix}.png")
     results_path = os.path.join(args.workdir, f'learning_curves_{name}_fold_{args.fold}.json')
     curves = json.load(open(results_path)) if os.path.isfile(results_path) else {}
 
@@ -263,7 +265,7 @@ def main() -> None:
         plot(mine, task, schedule, plot_path)
     text = table(mine, task)
     print(text)
-    with open(f"{results_path[:-len('.json')]}_{schedule_name(schedule)}.md", 'w') as f:
+    with open(f"{results_path[:-len('.json')]}{suffix}.md", 'w') as f:
         f.write(text + '\n')
 
 
