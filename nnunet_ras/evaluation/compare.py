@@ -16,10 +16,9 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
 from scipy.stats import wilcoxon
 
-from nnunet_ras._io import declared_label_values
+from nnunet_ras._io import declared_label_values, write_atomically, write_text_atomically
 from nnunet_ras.dataset_checks import DatasetError
-from nnunet_ras.evaluation.evaluate import (cases_csv, evaluate_folder, targets_from_dataset_json,
-                                            write_atomically, write_text_atomically)
+from nnunet_ras.evaluation.evaluate import cases_csv, evaluate_folder, targets_from_dataset_json
 from nnunet_ras.evaluation.metrics import METRICS, NAN, UNITS, nan_summary
 
 BUFFERS = ('running_mean', 'running_var', 'num_batches_tracked')

@@ -12,7 +12,7 @@ from typing import Collection, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from nnunet_ras._io import LoadedImage, read_image, write_atomically, write_text_atomically  # noqa: F401 (re-export)
+from nnunet_ras._io import LoadedImage, read_image, write_text_atomically
 from nnunet_ras.dataset_checks import DatasetError
 from nnunet_ras.evaluation.metrics import METRICS, UNITS, LabelOrRegion, label_metrics, nan_summary
 
