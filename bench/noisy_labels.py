@@ -31,6 +31,7 @@ from nnunet_ras_bench_trainers import (NOISY_LABELS, SCHEDULES_VARIABLE, SEEDS_V
 METHODS = {'baseline': 'nnUNetTrainer', 'QAM': 'nnUNetTrainerQAM_NoOCM', 'QAM+OCM': 'nnUNetTrainerQAM',
            'small-loss': 'nnUNetTrainerSmallLoss', 'small-loss-50': 'nnUNetTrainerSmallLoss_Forget50'}
 DEFAULT_METHODS = ['baseline', 'QAM', 'QAM+OCM']
+DEFAULT_SCHEDULE = 'x'.join(map(str, NOISY_LABELS))  # EPOCHSxITERATIONS
 STRUCTURE_IDS = JSRT_STRUCTURES
 SEED_TABLE = {  # Zhu's thesis: mean Dice over lung, heart, clavicle; per structure
     ('0', 'baseline'): (0.943, 0.941, 0.862, 0.915), ('0', 'QAM'): (0.939, 0.923, 0.831, 0.898),
@@ -236,7 +237,7 @@ def main() -> None:
                         help="'0' or 'SHARE:MIN-MAX' (percent, pixels at 256 px), the thesis's rows")
     parser.add_argument('--structures', nargs='+', default=list(STRUCTURE_IDS), choices=list(STRUCTURE_IDS))
     parser.add_argument('--size', type=int, default=64, help='JSRT image size (the data are 256 px)')
-    parser.add_argument('--schedule', default='x'.join(map(str, NOISY_LABELS)), help='EPOCHSxITERATIONS')
+    parser.add_argument('--schedule', default=DEFAULT_SCHEDULE, help='EPOCHSxITERATIONS')
     parser.add_argument('--methods', nargs='+', default=DEFAULT_METHODS, choices=list(METHODS))
     parser.add_argument('--seeds', nargs='+', type=int, default=[0],
                         help='corruption + training seeds of the repeated rows (0: the unseeded first run)')

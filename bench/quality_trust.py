@@ -18,8 +18,9 @@ import SimpleITK as sitk
 from scipy.stats import spearmanr
 
 from common import Workspace, model_folder
-from noisy_labels import STRUCTURE_IDS, default_workdir, jsrt_noisy_name, parse_row, scaled, trainer_name
-from nnunet_ras_bench_trainers import NOISY_LABELS, parse_schedule, schedule_name
+from noisy_labels import (DEFAULT_SCHEDULE, STRUCTURE_IDS, default_workdir, jsrt_noisy_name, parse_row, scaled,
+                          trainer_name)
+from nnunet_ras_bench_trainers import parse_schedule, schedule_name
 
 from nnunet_ras.evaluation.metrics import dice
 from nnunet_ras.noise.corrupt import corrupt_label_map
@@ -30,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--row', default='50:5-13', help='the noisy_labels.py row whose QAM+OCM models are used')
     parser.add_argument('--size', type=int, default=64)
-    parser.add_argument('--schedule', default='x'.join(map(str, NOISY_LABELS)), help="those models' EPOCHSxITERATIONS")
+    parser.add_argument('--schedule', default=DEFAULT_SCHEDULE, help="those models' EPOCHSxITERATIONS")
     parser.add_argument('--workdir', default=None, help="default: noisy_labels.py's workspace at --size")
     parser.add_argument('--versions', type=int, default=4, help='corrupted versions per test label')
     args = parser.parse_args()

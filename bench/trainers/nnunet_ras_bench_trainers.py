@@ -30,6 +30,7 @@ from nnunet_ras.training import (nnUNetTrainerHybrid25D, nnUNetTrainerQAM, nnUNe
                                  nnUNetTrainerRAS_SquaredDice, nnUNetTrainerResSEUNet, nnUNetTrainerSEUNet,
                                  nnUNetTrainerSmallLoss, nnUNetTrainerSmallLoss_Forget50, nnUNetTrainerVNet)
 from nnunet_ras.training.schedules import short_schedules
+from nnunet_ras._io import write_json_atomically
 
 BENCH = (8, 20)  # epochs, iterations per epoch: 160 iterations
 FINE_TUNE = (5, 20)  # LRDEHL fine-tuning from the BENCH checkpoint of nnUNetTrainerRAS
@@ -121,9 +122,7 @@ class Resumable:
         self._facts.update({'iterations_per_epoch': self.num_iterations_per_epoch, 'batch_size': self.batch_size,
                             'peak_memory_mb': max(peak, self._facts.get('peak_memory_mb', 0)),
                             'peak_memory_kind': kind, 'device': self.device.type})
-        with open(path + '.partial', 'w') as f:
-            json.dump(self._facts, f, indent=1)
-        os.replace(path + '.partial', path)
+        write_json_atomically(path, self._facts)
 
 
 COMPARED = (nnUNetTrainer, nnUNetTrainerRAS, nnUNetTrainerRAS_DiceCE, nnUNetTrainerSEUNet, nnUNetTrainerResSEUNet,
