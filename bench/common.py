@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from typing import Dict, List, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,6 +20,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, BENCH_TRAINERS)
 
 from nnunet_ras import workspace  # noqa: E402
+from nnunet_ras_bench_trainers import STOP_AFTER_VARIABLE  # noqa: E402
 
 BENCH_PLANS = 'nnUNetBenchPlans'
 SEED002_FEATURES = (16, 32, 64, 96, 128)
@@ -121,21 +123,51 @@ def model_folder(ws: Workspace, dataset_id: int, trainer: str, plans: str, confi
     return folder if fold is None else os.path.join(folder, f'fold_{fold}')
 
 
+class OutOfBudget(Exception):
+    """A training run stopped at the invocation's deadline; the same command continues it."""
+
+
+def train_within(ws: Workspace, dataset_id: int, configuration: str, fold: str, trainer: str, plans: str,
+                 deadline: Optional[float] = None, *extra: str) -> float:
+    """Stock ``nnUNetv2_train`` of one run to its end (``extra``: e.g. ``--c`` to continue a stopped one). With a
+    ``deadline`` (``time.time()`` units) the run stops by itself at the first epoch end after it (the bench trainers'
+    ``STOP_AFTER_VARIABLE``) and ``OutOfBudget`` is raised, as it is when less than a minute is left. Returns the
+    command's wall time, 0 for a run that had finished already."""
+    final = os.path.join(model_folder(ws, dataset_id, trainer, plans, configuration, fold), 'checkpoint_final.pth')
+    if os.path.isfile(final):
+        return 0.
+    if deadline is not None:
+        left = deadline - time.time()
+        if left < 60:
+            raise OutOfBudget
+        ws.env[STOP_AFTER_VARIABLE] = str(left)
+    seconds = ws.run(['nnUNetv2_train', str(dataset_id), configuration, fold, '-tr', trainer, '-p', plans, '-device',
+                      'cpu', *extra])
+    finished = os.path.isfile(final)
+    print(f"{trainer} fold {fold}: {seconds:.0f} s{'' if finished else ', stopped at the budget'}", flush=True)
+    if not finished:
+        raise OutOfBudget
+    return seconds
+
+
 def train_and_test(ws: Workspace, dataset_id: int, configuration: str, trainer: str, plans: str, fold: str,
-                   test_images: str, test_labels: str, file_ending: str) -> Dict:
-    """Stock nnUNetv2_train (continuing a stopped run), stock nnUNetv2_predict on the test images (no test-time
-    mirroring, to save CPU time), and ``nnunet-ras evaluate``'s metrics against the test labels (labels named by the
-    data set's dataset.json)."""
+                   test_images: str, test_labels: str, file_ending: str, deadline: Optional[float] = None) -> Dict:
+    """Stock nnUNetv2_train (continuing a stopped run; ``deadline`` as in ``train_within``), stock nnUNetv2_predict
+    on the test images (no test-time mirroring, to save CPU time), and ``nnunet-ras evaluate``'s metrics against the
+    test labels (labels named by the data set's dataset.json). ``train_s`` is the last training command's wall
+    time, ``epochs_s`` the sum of the run's epoch times from nnU-Net's log (the whole run, over all its chunks)."""
+    from nnunet_ras.evaluation.compare import checkpoint_facts
     from nnunet_ras.evaluation.evaluate import evaluate_folder, targets_from_dataset_json
-    train_s = ws.run(['nnUNetv2_train', str(dataset_id), configuration, fold, '-tr', trainer, '-p', plans,
-                      '-device', 'cpu', '--c'])
-    out = os.path.join(model_folder(ws, dataset_id, trainer, plans, configuration), f'test_fold_{fold}')
+    train_s = train_within(ws, dataset_id, configuration, fold, trainer, plans, deadline, '--c')
+    folder = model_folder(ws, dataset_id, trainer, plans, configuration)
+    out = os.path.join(folder, f'test_fold_{fold}')
     predict_s = ws.run(['nnUNetv2_predict', '-i', test_images, '-o', out, '-d', str(dataset_id), '-c',
                         configuration, '-tr', trainer, '-p', plans, '-f', fold, '-device', 'cpu', '--disable_tta',
                         '-npp', '1', '-nps', '1'])
     with open(os.path.join(ws.dataset_folder(dataset_id), 'dataset.json')) as f:
         targets, ignore_label = targets_from_dataset_json(json.load(f))
     evaluation = evaluate_folder(test_labels, out, file_ending, targets, ignore_label)
-    return {'train_s': train_s, 'predict_s': predict_s,
+    durations = checkpoint_facts(os.path.join(folder, f'fold_{fold}', 'checkpoint_final.pth'))['durations']
+    return {'train_s': train_s, 'epochs_s': sum(durations), 'predict_s': predict_s,
             'dice': {name: m['DSC']['mean'] for name, m in evaluation['summary'].items()},
             'summary': evaluation['summary']}

@@ -18,9 +18,9 @@ import json
 import os
 import time
 
-from common import ROOT, Workspace, ensure_bench_plans, link_hippocampus, model_folder
-from nnunet_ras_bench_trainers import (FACTS_FILE, FINE_TUNE, SCHEDULES_VARIABLE, SEEDS_VARIABLE, STOP_AFTER_VARIABLE,
-                                       parse_schedule, schedule_name)
+from common import OutOfBudget, ROOT, Workspace, ensure_bench_plans, link_hippocampus, model_folder, train_within
+from nnunet_ras_bench_trainers import (FACTS_FILE, FINE_TUNE, SCHEDULES_VARIABLE, SEEDS_VARIABLE, parse_schedule,
+                                       schedule_name)
 
 TRAINERS = ['nnUNetTrainer', 'nnUNetTrainerRAS', 'nnUNetTrainerRAS_DiceCE', 'nnUNetTrainerSEUNet',
             'nnUNetTrainerResSEUNet', 'nnUNetTrainerVNet', 'nnUNetTrainerHybrid25D', 'nnUNetTrainerRAS_NoAttention',
@@ -31,28 +31,13 @@ PLANS, CONFIGURATION, DATASET = 'nnUNetBenchPlans', '3d_fullres', 4
 REPEAT_SEED = 1
 
 
-class OutOfBudget(Exception):
-    pass
-
-
 def fold_folder(ws: Workspace, trainer: str, fold: str) -> str:
     return model_folder(ws, DATASET, trainer, PLANS, CONFIGURATION, fold)
 
 
 def train(ws: Workspace, trainer: str, fold: str, deadline: float, *extra: str) -> None:
     """One run to its end, continuing a stopped one; raises OutOfBudget when it stopped at the deadline."""
-    if os.path.isfile(os.path.join(fold_folder(ws, trainer, fold), 'checkpoint_final.pth')):
-        return
-    left = deadline - time.time()
-    if left < 60:
-        raise OutOfBudget
-    ws.env[STOP_AFTER_VARIABLE] = str(left)
-    seconds = ws.run(['nnUNetv2_train', str(DATASET), CONFIGURATION, fold, '-tr', trainer, '-p', PLANS, '-device',
-                      'cpu', *extra])
-    finished = os.path.isfile(os.path.join(fold_folder(ws, trainer, fold), 'checkpoint_final.pth'))
-    print(f"{trainer} fold {fold}: {seconds:.0f} s{'' if finished else ', stopped at the budget'}", flush=True)
-    if not finished:
-        raise OutOfBudget
+    train_within(ws, DATASET, CONFIGURATION, fold, trainer, PLANS, deadline, *extra)
 
 
 def compare(ws: Workspace, trainers, folds, out: str) -> str:

@@ -4,7 +4,8 @@ tasks) and on Hippocampus (3D).
 
     python bench/noisy_labels.py [--rows 0 50:5-13 75:5-13] [--structures lungs heart clavicles] [--size 64]
                                  [--schedule 20x25] [--methods baseline QAM QAM+OCM small-loss]
-                                 [--seeds 0 1 2] [--repeat_rows 50:5-13] [--hippocampus 50:1-3]
+                                 [--seeds 0 1 2] [--repeat_rows 50:5-13] [--budget_minutes 90]
+                                 [--hippocampus 50:1-3]
                                  [--workdir bench/results/noisy_labels (at 64 px; noisy_labels_<size>px otherwise)]
 
 Per row and structure: ``nnunet-ras corrupt-labels`` (seed 0, dilate or erode, radius range given in pixels of the
@@ -15,13 +16,15 @@ manifest. ``--repeat_rows`` run once per ``--seeds`` value: seed s > 0 corrupts 
 ``_seed<s>`` variant of each trainer (seeded weights and sampling), and the table gives mean +- std over the seeds.
 Hippocampus has no labelled test set, so it is scored on the clean labels of fold 0's validation cases. Results
 accumulate in ``results.json`` (finished runs are skipped on a re-run; a stopped training continues with ``--c``) and
-the tables are printed in Markdown.
+the tables are printed in Markdown. With ``--budget_minutes`` the JSRT runs stop by themselves at an epoch's end once
+it is spent (the table so far is still printed); the same command continues.
 """
 import argparse
 import json
 import os
+import time
 
-from common import (JSRT_STRUCTURES, ROOT, SHARED_DATA, Workspace, copy_bench_plans, ensure_bench_plans,
+from common import (JSRT_STRUCTURES, ROOT, SHARED_DATA, OutOfBudget, Workspace, copy_bench_plans, ensure_bench_plans,
                     link_hippocampus, make_jsrt_datasets, model_folder, train_and_test)
 
 from nnunet_ras._io import write_json_atomically
@@ -134,7 +137,8 @@ def run_jsrt(ws: Workspace, args, results: dict, results_path: str) -> None:
                 if key in results:
                     continue
                 run = train_and_test(ws, dataset_id, '2d', trainer, 'nnUNetBenchPlans', '0',
-                                     os.path.join(folder, 'imagesTs'), os.path.join(folder, 'labelsTs'), '.png')
+                                     os.path.join(folder, 'imagesTs'), os.path.join(folder, 'labelsTs'), '.png',
+                                     args.deadline)
                 run['dice'] = run['dice'][structure]
                 run['auc_train'] = _ranking_auc(model_folder(ws, dataset_id, trainer, 'nnUNetBenchPlans', '2d'))
                 run['radius_px'] = radii
@@ -243,12 +247,15 @@ def main() -> None:
                         help='corruption + training seeds of the repeated rows (0: the unseeded first run)')
     parser.add_argument('--repeat_rows', nargs='*', default=None,
                         help='rows run once per seed (default: the rows with a 50 %% share)')
+    parser.add_argument('--budget_minutes', type=float, default=None,
+                        help='JSRT runs stop at an epoch end after this; the same command continues them')
     parser.add_argument('--hippocampus', default=None, help="e.g. '50:1-3' (share:voxel radius range)")
     parser.add_argument('--skip_jsrt', action='store_true')
     parser.add_argument('--workdir', default=None,
                         help='default: bench/results/noisy_labels at 64 px, bench/results/noisy_labels_<size>px else')
     args = parser.parse_args()
     args.schedule_name = schedule_name(parse_schedule(args.schedule))
+    args.deadline = None if args.budget_minutes is None else time.time() + args.budget_minutes * 60
     if args.repeat_rows is None:
         args.repeat_rows = [r for r in args.rows if r.startswith('50:')]
     if args.workdir is None:
@@ -257,9 +264,14 @@ def main() -> None:
     ws.env.update({SCHEDULES_VARIABLE: args.schedule, SEEDS_VARIABLE: ' '.join(str(s) for s in args.seeds if s)})
     results_path = os.path.join(args.workdir, 'results.json')
     results = json.load(open(results_path)) if os.path.isfile(results_path) else {}
+    spent = False
     if not args.skip_jsrt:
-        run_jsrt(ws, args, results, results_path)
-    if args.hippocampus:
+        try:
+            run_jsrt(ws, args, results, results_path)
+        except OutOfBudget:
+            spent = True
+            print(f'Budget of {args.budget_minutes:g} min spent; run the same command again to continue.')
+    if args.hippocampus and not spent:
         run_hippocampus(ws, args, args.hippocampus, results, results_path)
     table = tables(results, args)
     print(table)
