@@ -1,12 +1,16 @@
 """RAS U-Net against nnU-Net's default network built from the same plans: parameters, MACs per patch, CPU
 forward+backward time per training iteration and peak memory, measured side by side in one run.
 
-    python bench/bench_network.py [--repeats 3] [--iterations 3] [--out bench/results/network.json]
+    python bench/bench_network.py [--repeats 3] [--iterations 3] [--allocators glibc kept]
+                                  [--out bench/results/network.json]
 
 Plans: nnU-Net's default ``nnUNetPlans`` (3d_fullres) of ../shared/data/Dataset004_Hippocampus and of the
 synthetic liver phantom (also with the RAS planner's own plans). Each measurement runs in a fresh process. Peak
-memory is the peak resident size during the timed steps minus the resident size before them (weights, optimiser
-state and data already allocated). The two networks alternate A B A B ... so that machine noise hits both alike.
+memory is the peak resident size during the steps (a warm-up step and the timed ones) minus the resident size
+before the first (network and data already allocated; the optimiser's momentum is made by the first step).
+``--allocators``: ``glibc`` measures both networks with the C library's defaults (how nnU-Net's own trainers run),
+``kept`` with freed memory kept for reuse (``nnunet_ras.cpu_memory.keep_freed_memory``, what the plugin's
+trainers switch on for CPU training); the ratios compare the networks under the same setting. The two networks alternate A B A B ... so that machine noise hits both alike.
 The loss is the mean square of the logits: its gradient is dense and has the logits' layout, like a real loss's (a
 plain mean's gradient is a broadcast scalar, which no segmentation loss gives).
 
@@ -100,8 +104,11 @@ def training_step(plans_file: str, dataset_json: str, network: str):
     return net, x, config, step
 
 
-def measure(plans_file: str, dataset_json: str, network: str, iterations: int) -> dict:
+def measure(plans_file: str, dataset_json: str, network: str, iterations: int, allocator: str = 'glibc') -> dict:
     """Runs in a fresh process: builds one network from the plans, times forward+backward+step on CPU."""
+    from nnunet_ras.cpu_memory import keep_freed_memory
+    if allocator == 'kept' and not keep_freed_memory():
+        raise RuntimeError('freed memory cannot be kept here (not glibc, or nnUNet_ras_keep_cpu_memory=0)')
     from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
     from torch.utils.flop_counter import FlopCounterMode
     from nnunet_ras.planning import nnUNetPlannerRAS
@@ -111,8 +118,8 @@ def measure(plans_file: str, dataset_json: str, network: str, iterations: int) -
         net(x[:1])
     macs_per_patch = counter.get_total_flops() / 2
 
-    step()  # warm-up (allocator, kernel selection)
     rss_baseline = _reset_peak_rss()
+    step()  # warm-up (allocator, kernel selection)
     times = []
     for _ in range(iterations):
         start = time.perf_counter()
@@ -126,13 +133,13 @@ def measure(plans_file: str, dataset_json: str, network: str, iterations: int) -
             'planner_estimate': int(estimate),
             'seconds_per_iteration': float(np.median(times)),
             'peak_rss_mb': (_status_kb('VmHWM') - rss_baseline) / 1024,
-            'patch_size': list(config.patch_size), 'batch_size': config.batch_size}
+            'patch_size': list(config.patch_size), 'batch_size': config.batch_size, 'allocator': allocator}
 
 
-def _measure_in_subprocess(plans_file, dataset_json, network, iterations):
+def _measure_in_subprocess(plans_file, dataset_json, network, iterations, allocator):
     code = ('import json, sys; sys.path.insert(0, {root!r}); from bench.bench_network import measure; '
-            'print(json.dumps(measure({p!r}, {d!r}, {n!r}, {i})))').format(root=ROOT, p=plans_file, d=dataset_json,
-                                                                          n=network, i=iterations)
+            'print(json.dumps(measure({p!r}, {d!r}, {n!r}, {i}, {a!r})))').format(
+        root=ROOT, p=plans_file, d=dataset_json, n=network, i=iterations, a=allocator)
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -141,45 +148,54 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--repeats', type=int, default=3, help='alternating rounds per network')
     parser.add_argument('--iterations', type=int, default=3, help='timed iterations per round')
+    parser.add_argument('--allocators', nargs='+', choices=['glibc', 'kept'], default=['glibc', 'kept'])
     parser.add_argument('--out', default=os.path.join(ROOT, 'bench', 'results', 'network.json'))
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for name, plans_file, dataset_json in _plans(workdir):
             networks = ['RAS U-Net'] if 'RASPlans' in name else ['nnU-Net default', 'RAS U-Net']
-            runs = {n: [] for n in networks}
+            runs = {(a, n): [] for a in args.allocators for n in networks}
             for _ in range(args.repeats):
-                for n in networks:
-                    runs[n].append(_measure_in_subprocess(plans_file, dataset_json, n, args.iterations))
-            for n in networks:
-                result = dict(runs[n][0])
-                result['seconds_per_iteration'] = float(np.median([r['seconds_per_iteration'] for r in runs[n]]))
-                result['peak_rss_mb'] = float(np.median([r['peak_rss_mb'] for r in runs[n]]))
+                for a, n in runs:
+                    runs[a, n].append(_measure_in_subprocess(plans_file, dataset_json, n, args.iterations, a))
+            for (a, n), measured in runs.items():
+                result = dict(measured[0])
+                result['seconds_per_iteration'] = float(np.median([r['seconds_per_iteration'] for r in measured]))
+                result['peak_rss_mb'] = float(np.median([r['peak_rss_mb'] for r in measured]))
                 rows.append({'plans': name, 'network': n, **result})
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, 'w') as f:
         json.dump(rows, f, indent=2)
     print(f"\nCPU: {os.cpu_count()} threads, torch forward+backward+SGD step, median of {args.repeats} alternating "
           f"rounds x {args.iterations} iterations\n")
-    print('| plans | network | patch x batch | parameters | GMACs / patch | s / iteration | peak memory MB |'
-          ' params vs default | time vs default |')
-    print('|---|---|---|---|---|---|---|---|---|')
+    print('| plans | allocator | network | patch x batch | parameters | GMACs / patch | s / iteration | peak memory MB |'
+          ' params vs default | time vs default | memory vs default |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|')
     for row in rows:
-        default = next((r for r in rows if r['plans'] == row['plans'] and r['network'] == 'nnU-Net default'), None)
-        ratio = (f"{row['params'] / default['params']:.2f}x", f"{row['seconds_per_iteration'] / default['seconds_per_iteration']:.2f}x") \
-            if default else ('-', '-')
-        print(f"| {row['plans']} | {row['network']} | {'x'.join(map(str, row['patch_size']))} x {row['batch_size']} | "
+        default = _default_row(rows, row)
+        ratio = (f"{row['params'] / default['params']:.2f}x",
+                 f"{row['seconds_per_iteration'] / default['seconds_per_iteration']:.2f}x",
+                 f"{row['peak_rss_mb'] / default['peak_rss_mb']:.2f}x") if default else ('-', '-', '-')
+        print(f"| {row['plans']} | {row['allocator']} | {row['network']} | "
+              f"{'x'.join(map(str, row['patch_size']))} x {row['batch_size']} | "
               f"{row['params'] / 1e6:.2f} M | {row['macs_per_patch'] / 1e9:.1f} | {row['seconds_per_iteration']:.2f} | "
-              f"{row['peak_rss_mb']:.0f} | {ratio[0]} | {ratio[1]} |")
+              f"{row['peak_rss_mb']:.0f} | {' | '.join(ratio)} |")
     print('\nPlanner estimate against measured memory, RAS U-Net / nnU-Net default at the same plans:\n')
-    print('| plans | estimate ratio | memory ratio | calibration (estimate / memory) |')
-    print('|---|---|---|---|')
+    print('| plans | allocator | estimate ratio | memory ratio | calibration (estimate / memory) |')
+    print('|---|---|---|---|---|')
     for row in rows:
-        default = next((r for r in rows if r['plans'] == row['plans'] and r['network'] == 'nnU-Net default'), None)
+        default = _default_row(rows, row)
         if row['network'] == 'RAS U-Net' and default:
             estimate, memory = (row['planner_estimate'] / default['planner_estimate'],
                                 row['peak_rss_mb'] / default['peak_rss_mb'])
-            print(f"| {row['plans']} | {estimate:.2f} | {memory:.2f} | {estimate / memory:.2f} |")
+            print(f"| {row['plans']} | {row['allocator']} | {estimate:.2f} | {memory:.2f} | {estimate / memory:.2f} |")
+
+
+def _default_row(rows, row):
+    """nnU-Net's default network measured with the same plans and allocator setting as ``row``, if any."""
+    return next((r for r in rows if r['plans'] == row['plans'] and r['allocator'] == row['allocator']
+                 and r['network'] == 'nnU-Net default'), None)
 
 
 if __name__ == '__main__':

@@ -77,16 +77,22 @@ def recompute_in_backward(function: Callable[..., torch.Tensor], *inputs: torch.
 
 
 class _ChannelsLastInstanceNorm(torch.autograd.Function):
-    """Instance norm of a channels-last map on the CPU. The forward is PyTorch's group norm with one channel per
-    group, which works in that layout; the backward runs batch norm's backward once per sample (a sample's instance
-    statistics are the batch statistics of a batch of one), which PyTorch also has for channels-last maps and which
-    is twice as fast there as group norm's backward."""
+    """Instance norm of a channels-last map on the CPU, computed as batch norm of each sample alone (a sample's
+    instance statistics are the batch statistics of a batch of one), forward and backward, each written straight
+    into its slice of the channels-last result. PyTorch's batch-norm kernels handle that layout; for a 8 x 32 x 40 x
+    56 x 40 map on 2 cores the forward took 8 ms against 31 ms for group norm with one channel per group, the backward
+    36 ms against 100 ms."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor], eps: float):
         n, c = x.shape[:2]
-        out, mean, rstd = torch.ops.aten.native_group_norm(x, weight, bias, n, c, x[0, 0].numel(), c, eps)
-        ctx.save_for_backward(x, weight, mean.view(n, c), rstd.view(n, c))
+        out = torch.empty_like(x, memory_format=torch.channels_last_3d)
+        statistics = torch.promote_types(x.dtype, torch.float32)  # batch norm's: float32 for a half-precision map
+        mean, rstd = x.new_empty((n, c), dtype=statistics), x.new_empty((n, c), dtype=statistics)
+        for i in range(n):
+            torch.ops.aten.native_batch_norm.out(x[i:i + 1], weight, bias, None, None, True, 0.0, eps,
+                                                 out=out[i:i + 1], save_mean=mean[i], save_invstd=rstd[i])
+        ctx.save_for_backward(x, weight, mean, rstd)
         ctx.eps = eps
         return out
 
@@ -97,14 +103,20 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
         grad = grad.contiguous(memory_format=torch.channels_last_3d)
         affine = weight is not None
         mask = [ctx.needs_input_grad[0], affine and ctx.needs_input_grad[1], affine and ctx.needs_input_grad[2]]
-        grad_x = torch.empty_like(x) if mask[0] else None
+        grad_x = torch.empty_like(x, memory_format=torch.channels_last_3d) if mask[0] else None
         grad_w = torch.zeros_like(weight) if mask[1] else None
         grad_b = torch.zeros_like(weight) if mask[2] else None
+        # the out= form wants every output defined: the parameter gradients are computed (cheap reductions) even
+        # where not needed, with a unit weight in place of a missing one (instance norm without affine parameters)
+        unit = weight if affine else x.new_ones(x.shape[1])
         for i in range(x.shape[0]):
-            gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
-                grad[i:i + 1], x[i:i + 1], weight, None, None, mean[i], rstd[i], True, ctx.eps, mask)
-            if mask[0]:
-                grad_x[i:i + 1] = gx
+            if mask[0]:  # the input's gradient straight into its slice; the parameters' per sample, then summed
+                _, gw, gb = torch.ops.aten.native_batch_norm_backward.out(
+                    grad[i:i + 1], x[i:i + 1], unit, None, None, mean[i], rstd[i], True, ctx.eps, [True] * 3,
+                    out0=grad_x[i:i + 1], out1=torch.empty_like(unit), out2=torch.empty_like(unit))
+            else:
+                _, gw, gb = torch.ops.aten.native_batch_norm_backward(
+                    grad[i:i + 1], x[i:i + 1], weight, None, None, mean[i], rstd[i], True, ctx.eps, mask)
             if mask[1]:
                 grad_w += gw
             if mask[2]:

@@ -13,6 +13,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 
+from nnunet_ras.cpu_memory import keep_freed_memory
 from nnunet_ras.networks.ras_unet import build_ras_unet
 from nnunet_ras.training.losses import DeepSupervisedLoss, lrdeh_loss, squared_dice_loss
 from nnunet_ras.training.transforms import ClipToIntensityWindow
@@ -20,9 +21,17 @@ from nnunet_ras.training.transforms import ClipToIntensityWindow
 
 class PlanNetwork:
     """Mixin for an nnU-Net trainer: the network is ``network_builder(plan's arch_kwargs, input channels, outputs,
-    deep_supervision, **network_overrides)``, so that a network ablation is a class that sets ``network_overrides``."""
+    deep_supervision, **network_overrides)``, so that a network ablation is a class that sets ``network_overrides``.
+
+    Training on the CPU, the process keeps freed memory for reuse (``cpu_memory.keep_freed_memory``: a step about 2x
+    faster; ``nnUNet_ras_keep_cpu_memory=0`` switches it off)."""
     network_builder: Callable[..., nn.Module]
     network_overrides: dict = {}
+
+    def initialize(self):
+        if self.device.type == 'cpu':
+            keep_freed_memory()
+        super().initialize()
 
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
