@@ -10,7 +10,8 @@ memory is the peak resident size during the steps (a warm-up step and the timed 
 before the first (network and data already allocated; the optimiser's momentum is made by the first step).
 ``--allocators``: ``glibc`` measures both networks with the C library's defaults (how nnU-Net's own trainers run),
 ``kept`` with freed memory kept for reuse (``nnunet_ras.cpu_memory.keep_freed_memory``, what the plugin's
-trainers switch on for CPU training); the ratios compare the networks under the same setting. The two networks alternate A B A B ... so that machine noise hits both alike.
+trainers switch on for CPU training); the ratios compare the networks under the same setting. The two networks
+alternate A B A B ... so that machine noise hits both alike.
 The loss is the mean square of the logits: its gradient is dense and has the logits' layout, like a real loss's (a
 plain mean's gradient is a broadcast scalar, which no segmentation loss gives).
 

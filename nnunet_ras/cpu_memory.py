@@ -10,8 +10,9 @@ network took 1.4x (liver phantom) to 1.6x (Hippocampus) less time this way, RAS 
 exchange the process keeps its peak memory until it ends, and fragmentation raises that peak (by 1.05-1.35x).
 
 This is what PyTorch's caching allocator does on a GPU; glibc's tunables (``GLIBC_TUNABLES=glibc.malloc.mmap_max=0``)
-do the same for a whole process from its start. Here it is switched on at run time, for the process that trains
-or predicts on the CPU; it changes nothing on a GPU, where feature maps do not live in malloc's heap.
+do the same for a whole process from its start. Here it is switched on at run time, by the trainers that build
+their network from the plan when they train on the CPU; it would change nothing on a GPU, where feature maps do not
+live in malloc's heap.
 """
 import ctypes
 import ctypes.util

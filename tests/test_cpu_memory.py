@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from nnunet_ras.cpu_memory import ENVIRONMENT_VARIABLE
+
 PAGES = 100 * 2 ** 20 // 4096  # a 100 MB tensor, far above glibc's 32 MB mmap threshold
 
 # steps of a training loop in miniature: two 100 MB tensors made and freed per step; the page faults of steps 7-12
@@ -25,7 +27,7 @@ print(kept, sum(faults[6:]), total)
 
 
 def _page_faults_of_six_steps(setting: str):
-    env = {**os.environ, 'nnUNet_ras_keep_cpu_memory': setting}
+    env = {**os.environ, ENVIRONMENT_VARIABLE: setting}
     out = subprocess.run([sys.executable, '-c', CODE], env=env, capture_output=True, text=True, check=True).stdout
     kept, faults, total = out.split()
     assert float(total) == 2 * 25 * 2 ** 20  # the reused memory holds the new tensors' values

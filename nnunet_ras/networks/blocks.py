@@ -103,25 +103,21 @@ class _ChannelsLastInstanceNorm(torch.autograd.Function):
         grad = grad.contiguous(memory_format=torch.channels_last_3d)
         affine = weight is not None
         mask = [ctx.needs_input_grad[0], affine and ctx.needs_input_grad[1], affine and ctx.needs_input_grad[2]]
-        grad_x = torch.empty_like(x, memory_format=torch.channels_last_3d) if mask[0] else None
+        grad_x = torch.empty_like(x, memory_format=torch.channels_last_3d)
         grad_w = torch.zeros_like(weight) if mask[1] else None
         grad_b = torch.zeros_like(weight) if mask[2] else None
-        # the out= form wants every output defined: the parameter gradients are computed (cheap reductions) even
-        # where not needed, with a unit weight in place of a missing one (instance norm without affine parameters)
+        # the out= form wants every output defined: all three gradients are computed (the parameters' are cheap
+        # reductions), with a unit weight in place of a missing one (instance norm without affine parameters)
         unit = weight if affine else x.new_ones(x.shape[1])
-        for i in range(x.shape[0]):
-            if mask[0]:  # the input's gradient straight into its slice; the parameters' per sample, then summed
-                _, gw, gb = torch.ops.aten.native_batch_norm_backward.out(
-                    grad[i:i + 1], x[i:i + 1], unit, None, None, mean[i], rstd[i], True, ctx.eps, [True] * 3,
-                    out0=grad_x[i:i + 1], out1=torch.empty_like(unit), out2=torch.empty_like(unit))
-            else:
-                _, gw, gb = torch.ops.aten.native_batch_norm_backward(
-                    grad[i:i + 1], x[i:i + 1], weight, None, None, mean[i], rstd[i], True, ctx.eps, mask)
+        for i in range(x.shape[0]):  # the input's gradient straight into its slice; the parameters' summed
+            _, gw, gb = torch.ops.aten.native_batch_norm_backward.out(
+                grad[i:i + 1], x[i:i + 1], unit, None, None, mean[i], rstd[i], True, ctx.eps, [True] * 3,
+                out0=grad_x[i:i + 1], out1=torch.empty_like(unit), out2=torch.empty_like(unit))
             if mask[1]:
                 grad_w += gw
             if mask[2]:
                 grad_b += gb
-        return grad_x, grad_w, grad_b, None
+        return grad_x if mask[0] else None, grad_w, grad_b, None
 
 
 class InstanceNorm(nn.GroupNorm):

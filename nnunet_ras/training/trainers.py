@@ -23,7 +23,7 @@ class PlanNetwork:
     """Mixin for an nnU-Net trainer: the network is ``network_builder(plan's arch_kwargs, input channels, outputs,
     deep_supervision, **network_overrides)``, so that a network ablation is a class that sets ``network_overrides``.
 
-    Training on the CPU, the process keeps freed memory for reuse (``cpu_memory.keep_freed_memory``: a step about 2x
+    Training on the CPU, the process keeps freed memory for reuse (``cpu_memory.keep_freed_memory``: a step 1.3-2.3x
     faster; ``nnUNet_ras_keep_cpu_memory=0`` switches it off)."""
     network_builder: Callable[..., nn.Module]
     network_overrides: dict = {}
