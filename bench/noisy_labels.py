@@ -7,6 +7,7 @@ tasks) and on Hippocampus (3D).
                                  [--seeds 0 1 2] [--repeat_rows 50:5-13] [--budget_minutes 90]
                                  [--hippocampus 50:1-3]
                                  [--workdir bench/results/noisy_labels (at 64 px; noisy_labels_<size>px otherwise)]
+                                 [--results bench/measured/noisy_labels_<size>px.json]
 
 Per row and structure: ``nnunet-ras corrupt-labels`` (seed 0, dilate or erode, radius range given in pixels of the
 256-pixel images and scaled to ``--size``) -> light plans (bench/common.py) -> ``nnUNetv2_train`` fold 0 for each
@@ -14,9 +15,13 @@ method on the schedule (EPOCHSxITERATIONS, default NOISY_LABELS) -> ``nnUNetv2_p
 images -> Dice. The QAM runs also give the ROC AUC of their training-case quality ranking against the corruption
 manifest. ``--repeat_rows`` run once per ``--seeds`` value: seed s > 0 corrupts with seed s and trains the
 ``_seed<s>`` variant of each trainer (seeded weights and sampling), and the table gives mean +- std over the seeds.
-Hippocampus has no labelled test set, so it is scored on the clean labels of fold 0's validation cases. Results
-accumulate in ``results.json`` (finished runs are skipped on a re-run; a stopped training continues with ``--c``) and
-the tables are printed in Markdown. With ``--budget_minutes`` the JSRT runs stop by themselves at an epoch's end once
+Hippocampus has no labelled test set, so it is scored on the clean labels of fold 0's validation cases.
+
+Each finished run's figures accumulate in ``--results``, a small JSON file kept in the repository
+(``bench/measured/``): the work tree under ``bench/results/`` (data sets, models) is not kept between sessions, and
+the CPU protocol takes tens of hours, so the finished runs must be committed to survive. A re-run skips every run
+in that file; a run stopped part-way continues with ``--c`` only while its workspace still exists. The tables are
+printed in Markdown. With ``--budget_minutes`` the JSRT runs stop by themselves at an epoch's end once
 it is spent (the table so far is still printed); the same command continues.
 """
 import argparse
@@ -80,6 +85,11 @@ def jsrt_noisy_name(structure: str, row: str, seed: int = 0) -> str:
 def default_workdir(size: int) -> str:
     """The workspace of one JSRT image size: bench/results/noisy_labels at 64 px, noisy_labels_<size>px else."""
     return os.path.join(ROOT, 'bench', 'results', 'noisy_labels' if size == 64 else f'noisy_labels_{size}px')
+
+
+def default_results(size: int) -> str:
+    """The tracked file of finished runs at one JSRT image size."""
+    return os.path.join(ROOT, 'bench', 'measured', f'noisy_labels_{size}px.json')
 
 
 def trainer_name(method: str, schedule: str, seed: int = 0) -> str:
@@ -253,6 +263,8 @@ def main() -> None:
     parser.add_argument('--skip_jsrt', action='store_true')
     parser.add_argument('--workdir', default=None,
                         help='default: bench/results/noisy_labels at 64 px, bench/results/noisy_labels_<size>px else')
+    parser.add_argument('--results', default=None,
+                        help='finished runs, kept in the repository (default: bench/measured/noisy_labels_<size>px.json)')
     args = parser.parse_args()
     args.schedule_name = schedule_name(parse_schedule(args.schedule))
     args.deadline = None if args.budget_minutes is None else time.time() + args.budget_minutes * 60
@@ -262,7 +274,8 @@ def main() -> None:
         args.workdir = default_workdir(args.size)
     ws = Workspace(args.workdir)
     ws.env.update({SCHEDULES_VARIABLE: args.schedule, SEEDS_VARIABLE: ' '.join(str(s) for s in args.seeds if s)})
-    results_path = os.path.join(args.workdir, 'results.json')
+    results_path = args.results or default_results(args.size)
+    os.makedirs(os.path.dirname(os.path.abspath(results_path)), exist_ok=True)
     results = json.load(open(results_path)) if os.path.isfile(results_path) else {}
     spent = False
     if not args.skip_jsrt:

@@ -282,3 +282,46 @@ def test_cat_channels_is_torch_cat_in_values_gradients_and_layout(layout):
     torch.testing.assert_close(grads, torch.autograd.grad((reference * weight).sum(), (a, b)), rtol=0, atol=0)
     mixed = cat_channels((a.detach().float(), b.detach()))  # dtypes promote as torch.cat's do
     assert mixed.dtype == torch.float64
+
+
+@pytest.mark.parametrize('affine', [True, False])
+@pytest.mark.parametrize('small_weight', [False, True])
+def test_instance_norm_with_leaky_relu_keeps_only_its_output(affine, small_weight):
+    """The norm with its leaky ReLU fused (nnU-Net's default block tail) computes nn.InstanceNorm3d + nn.LeakyReLU's
+    values and gradients, and on a channels-last CPU map keeps one full-size map for the backward pass instead of
+    two (the input is recovered from the output). With an affine weight near 0 the output cannot give the input back
+    accurately: then the input is kept, and the gradients are still exact."""
+    if small_weight and not affine:
+        pytest.skip('no weight without affine parameters')
+    x = torch.randn(3, 5, 4, 6, 7, dtype=torch.float64).contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_()
+    reference = nn.InstanceNorm3d(5, affine=affine).double()
+    if affine:
+        with torch.no_grad():
+            reference.weight.uniform_(0.5, 2.)
+            reference.weight[2] = 1e-5 if small_weight else -0.7
+            reference.bias.normal_()
+    ours = InstanceNorm(5, affine=affine, negative_slope=0.01).double()
+    ours.load_state_dict(reference.state_dict())
+    grad = torch.randn(3, 5, 4, 6, 7, dtype=torch.float64)
+    expected = nn.functional.leaky_relu(reference(x), 0.01)
+    expected_grads = torch.autograd.grad(expected, [x, *reference.parameters()], grad)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = ours(x)
+    torch.testing.assert_close(y, expected)
+    torch.testing.assert_close(torch.autograd.grad(y, [x, *ours.parameters()], grad), expected_grads)
+    full_size = [t for t in saved if t.shape == x.shape]
+    assert len(full_size) == (2 if small_weight else 1)
+    assert any(t is y for t in full_size)
+
+
+def test_ras_conv_fuses_the_plans_norm_and_leaky_relu():
+    """nnU-Net's default tail (instance norm, leaky ReLU) becomes the fused norm with an nn.Identity in the nonlin's
+    place (same state-dict keys); another nonlin stays a module of its own."""
+    fused = RASConv(nn.Conv3d, 4, 8, nn.InstanceNorm3d, {'affine': True}, nn.LeakyReLU,
+                    {'inplace': True, 'negative_slope': 0.02})
+    assert fused.path[1].negative_slope == 0.02 and isinstance(fused.path[2], nn.Identity)
+    plain = RASConv(nn.Conv3d, 4, 8, nn.InstanceNorm3d, {'affine': True}, nn.ReLU, {'inplace': True})
+    assert plain.path[1].negative_slope is None and isinstance(plain.path[2], nn.ReLU)
+    assert fused.state_dict().keys() == plain.state_dict().keys()
