@@ -7,7 +7,9 @@ forward+backward time per training iteration and peak memory, measured side by s
 Plans: nnU-Net's default ``nnUNetPlans`` (3d_fullres) of ../shared/data/Dataset004_Hippocampus and of the
 synthetic liver phantom (also with the RAS planner's own plans). Each measurement runs in a fresh process. Peak
 memory is the peak resident size during the steps (a warm-up step and the timed ones) minus the resident size
-before the first (network and data already allocated; the optimiser's momentum is made by the first step).
+before the first (network and data already allocated; the optimiser's momentum is made by the first step). The
+tensor peak is the peak of the bytes PyTorch's tensors hold during one more step (``tensor_peak_mb``): the
+computation's own need, which neither CPU contention nor the allocator's history changes.
 ``--allocators``: ``glibc`` measures both networks with the C library's defaults (how nnU-Net's own trainers run),
 ``kept`` with freed memory kept for reuse (``nnunet_ras.cpu_memory.keep_freed_memory``, what the plugin's
 trainers switch on for CPU training); the ratios compare the networks under the same setting. The two networks
@@ -105,6 +107,21 @@ def training_step(plans_file: str, dataset_json: str, network: str):
     return net, x, config, step
 
 
+def tensor_peak_mb(step) -> float:
+    """The peak of the bytes held by PyTorch's tensors during one ``step``, from the profiler's allocation events:
+    what the network's computation needs, whatever the C library's allocator keeps or returns (the resident-size
+    peak includes that, and varies with the allocator's history)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.nbytes())
+    held = peak = 0
+    for _, nbytes in events:
+        held += nbytes
+        peak = max(peak, held)
+    return peak / 2 ** 20
+
+
 def measure(plans_file: str, dataset_json: str, network: str, iterations: int, allocator: str = 'glibc') -> dict:
     """Runs in a fresh process: builds one network from the plans, times forward+backward+step on CPU."""
     from nnunet_ras.cpu_memory import keep_freed_memory
@@ -126,6 +143,7 @@ def measure(plans_file: str, dataset_json: str, network: str, iterations: int, a
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
+    tensor_peak = tensor_peak_mb(step)
     planner = nnUNetPlannerRAS if network == 'RAS U-Net' else ExperimentPlanner
     estimate = planner.static_estimate_VRAM_usage(tuple(config.patch_size), x.shape[1], 1, config.network_arch_class_name,
                                                   config.network_arch_init_kwargs,
@@ -133,7 +151,7 @@ def measure(plans_file: str, dataset_json: str, network: str, iterations: int, a
     return {'params': sum(p.numel() for p in net.parameters()), 'macs_per_patch': macs_per_patch,
             'planner_estimate': int(estimate),
             'seconds_per_iteration': float(np.median(times)),
-            'peak_rss_mb': (_status_kb('VmHWM') - rss_baseline) / 1024,
+            'peak_rss_mb': (_status_kb('VmHWM') - rss_baseline) / 1024, 'tensor_peak_mb': tensor_peak,
             'patch_size': list(config.patch_size), 'batch_size': config.batch_size, 'allocator': allocator}
 
 
@@ -164,6 +182,7 @@ def main():
                 result = dict(measured[0])
                 result['seconds_per_iteration'] = float(np.median([r['seconds_per_iteration'] for r in measured]))
                 result['peak_rss_mb'] = float(np.median([r['peak_rss_mb'] for r in measured]))
+                result['tensor_peak_mb'] = float(np.median([r['tensor_peak_mb'] for r in measured]))
                 rows.append({'plans': name, 'network': n, **result})
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, 'w') as f:
@@ -171,17 +190,18 @@ def main():
     print(f"\nCPU: {os.cpu_count()} threads, torch forward+backward+SGD step, median of {args.repeats} alternating "
           f"rounds x {args.iterations} iterations\n")
     print('| plans | allocator | network | patch x batch | parameters | GMACs / patch | s / iteration | peak memory MB |'
-          ' params vs default | time vs default | memory vs default |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|')
+          ' tensor peak MB | params vs default | time vs default | memory vs default | tensor peak vs default |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|---|')
     for row in rows:
         default = _default_row(rows, row)
         ratio = (f"{row['params'] / default['params']:.2f}x",
                  f"{row['seconds_per_iteration'] / default['seconds_per_iteration']:.2f}x",
-                 f"{row['peak_rss_mb'] / default['peak_rss_mb']:.2f}x") if default else ('-', '-', '-')
+                 f"{row['peak_rss_mb'] / default['peak_rss_mb']:.2f}x",
+                 f"{row['tensor_peak_mb'] / default['tensor_peak_mb']:.2f}x") if default else ('-',) * 4
         print(f"| {row['plans']} | {row['allocator']} | {row['network']} | "
               f"{'x'.join(map(str, row['patch_size']))} x {row['batch_size']} | "
               f"{row['params'] / 1e6:.2f} M | {row['macs_per_patch'] / 1e9:.1f} | {row['seconds_per_iteration']:.2f} | "
-              f"{row['peak_rss_mb']:.0f} | {' | '.join(ratio)} |")
+              f"{row['peak_rss_mb']:.0f} | {row['tensor_peak_mb']:.0f} | {' | '.join(ratio)} |")
     print('\nPlanner estimate against measured memory, RAS U-Net / nnU-Net default at the same plans:\n')
     print('| plans | allocator | estimate ratio | memory ratio | calibration (estimate / memory) |')
     print('|---|---|---|---|---|')
