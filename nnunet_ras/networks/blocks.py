@@ -76,15 +76,15 @@ def recompute_in_backward(function: Callable[..., torch.Tensor], *inputs: torch.
     return function(*inputs)
 
 
+_MIN_INVERTIBLE_WEIGHT = 1e-3
+
+
 def _invertible(weight: Optional[torch.Tensor], x: torch.Tensor, negative_slope: Optional[float]) -> bool:
     """Whether a leaky-ReLU'd instance norm's input can be recovered from its output to float precision: a positive
     slope (the activation is one-to-one), a float32/64 map, and no affine weight near 0 (the division by it would
     magnify the output's rounding)."""
     return negative_slope is not None and negative_slope > 0 and x.dtype in (torch.float32, torch.float64) and (
         weight is None or bool(weight.detach().abs().min() >= _MIN_INVERTIBLE_WEIGHT))
-
-
-_MIN_INVERTIBLE_WEIGHT = 1e-3
 
 
 class _ChannelsLastInstanceNorm(torch.autograd.Function):
@@ -208,10 +208,9 @@ def norm_nonlin(channels: int, norm_op: Optional[Type[nn.Module]], norm_op_kwarg
     keeps half the memory for the backward pass, and an ``nn.Identity`` in the nonlin's place."""
     norm_op = layout_friendly_norm(norm_op, norm_op_kwargs)
     norm_op_kwargs, nonlin_kwargs = dict(norm_op_kwargs or {}), dict(nonlin_kwargs or {})
-    if norm_op is InstanceNorm and nonlin is nn.LeakyReLU \
-            and nonlin_kwargs.get('negative_slope', 1e-2) > 0:
-        return [InstanceNorm(channels, **norm_op_kwargs, negative_slope=nonlin_kwargs.get('negative_slope', 1e-2)),
-                nn.Identity()]
+    slope = nonlin_kwargs.get('negative_slope', 1e-2)  # nn.LeakyReLU's default
+    if norm_op is InstanceNorm and nonlin is nn.LeakyReLU and slope > 0:
+        return [InstanceNorm(channels, **norm_op_kwargs, negative_slope=slope), nn.Identity()]
     layers = []
     if norm_op is not None:
         layers.append(norm_op(channels, **norm_op_kwargs))
