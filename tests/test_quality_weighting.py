@@ -22,7 +22,7 @@ from nnunet_ras.cli import main
 from nnunet_ras.dataset_checks import DatasetError
 from nnunet_ras.networks.quality import (QualityAssessmentNet, one_hot_label, overfitting_control,
                                          quality_weights)
-from nnunet_ras.quality.ranking import corrupted_cases, separation_auc
+from nnunet_ras.quality.ranking import corrupted_cases, quality_over_training, separation_auc
 from nnunet_ras.quality.scoring import score_folder
 
 DATASET = '991'
@@ -114,6 +114,27 @@ def test_separation_auc_and_manifest(nnunet_env):
     assert corrupted_cases('Dataset990_TinyPhantom') is None  # no manifest
     manifest = corrupted_cases(NAME)
     assert len(manifest) == 6 and sum(manifest.values()) == 3
+
+
+def test_quality_over_training_follows_the_log():
+    """Clean and corrupted cases weighted alike early on, apart late: the spans show when the QAM separated them."""
+    corrupted = {'a': False, 'b': False, 'c': True, 'd': True, 'held_out': True}
+    log = {}
+    for epoch in range(10):
+        late = epoch >= 5
+        for case, clean in (('a', True), ('b', True), ('c', False), ('d', False)):
+            score = (0.5 if clean else -0.5) if late else {'a': 0.1, 'b': -0.1, 'c': 0.2, 'd': -0.2}[case]
+            log.setdefault(case, []).append((epoch, score, (1.5 if clean else 0.5) if late else 1.0))
+    log['held_out'] = [(epoch, -1.0, 0.1) for epoch in range(10)]  # not a training case: not counted
+    spans = quality_over_training(log, corrupted, ['a', 'b', 'c', 'd', 'not_in_manifest'], num_epochs=10, windows=2)
+    assert [(s['first_epoch'], s['last_epoch']) for s in spans] == [(0, 4), (5, 9)]
+    early, late = spans
+    assert early['mean_weight_clean'] == early['mean_weight_corrupted'] == 1.0 and early['auc_logged_score'] == 0.5
+    assert (late['mean_weight_clean'], late['mean_weight_corrupted'], late['auc_logged_score']) == (1.5, 0.5, 1.0)
+    # a span whose batches held only clean cases has no AUC; more windows than epochs gives one span per epoch
+    only_clean = quality_over_training({'a': [(0, 0.3, 1.2)], 'c': [(1, 0.1, 0.8)]}, corrupted, ['a', 'c'], 2, 4)
+    assert [(s['first_epoch'], s['auc_logged_score'], s['mean_weight_corrupted']) for s in only_clean] == \
+        [(0, None, None), (1, None, 0.8)]
 
 
 # ------------------------------------------------------------------------------------ toy noisy-label problem
@@ -305,6 +326,10 @@ def test_stock_chain_with_ras_qam(planned):
     ranking = json.load(open(os.path.join(fold, 'quality_ranking.json')))
     auc = ranking['summary']['auc_train']  # the data set has a corruption manifest
     assert isinstance(auc, float) and 0 <= auc <= 1
+    (span,) = ranking['summary']['over_training']  # one epoch: one span, with the weights of its batches' cases
+    assert (span['first_epoch'], span['last_epoch']) == (0, 0)
+    weights = [span['mean_weight_clean'], span['mean_weight_corrupted']]
+    assert any(w is not None for w in weights) and all(w is None or w > 0 for w in weights)
     manifest = json.load(open(ws.path('nnUNet_raw', NAME, 'corruption_manifest.json')))
     assert {r['case']: r['corrupted'] for r in ranking['cases']} == \
            {c: entry['corrupted'] for c, entry in manifest['cases'].items()}

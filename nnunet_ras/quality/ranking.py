@@ -93,11 +93,42 @@ def _logged_means(log: Iterable[tuple], from_epoch: int) -> dict:
             'mean_weight': float(np.mean([w for _, w in late]))}
 
 
+def quality_over_training(quality_log: Dict[str, List[tuple]], corrupted: Dict[str, bool], cases: Iterable[str],
+                          num_epochs: int, windows: int = 10) -> List[dict]:
+    """How the weighting separated the corrupted labels as training went on, in ``windows`` equal spans of epochs.
+
+    Per span, from the training batches' log (case -> [(epoch, score, weight)]): the mean weight the clean and the
+    corrupted cases got, and the ROC AUC of their mean logged score (clean above corrupted). This is the evidence for
+    *when* the QAM learns which labels are wrong, and whether it does so before the network has fitted them (noisy
+    labels do their harm late in training: Arpit et al., "A Closer Look at Memorization in Deep Networks", ICML 2017).
+    A span without both kinds of case in its batches has no AUC (None).
+    """
+    cases = [c for c in cases if c in corrupted]
+    bounds = np.linspace(0, num_epochs, windows + 1)
+    spans = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        first, last = int(np.ceil(start)), int(np.ceil(end)) - 1
+        if last < first:
+            continue
+        scores, weights = {}, {False: [], True: []}
+        for case in cases:
+            entries = [(s, w) for epoch, s, w in quality_log.get(case, ()) if first <= epoch <= last]
+            if entries:
+                scores[case] = float(np.mean([s for s, _ in entries]))
+                weights[corrupted[case]].extend(w for _, w in entries)
+        spans.append({'first_epoch': first, 'last_epoch': last,
+                      'mean_weight_clean': float(np.mean(weights[False])) if weights[False] else None,
+                      'mean_weight_corrupted': float(np.mean(weights[True])) if weights[True] else None,
+                      'auc_logged_score': separation_auc(scores, corrupted)})
+    return spans
+
+
 def write_training_ranking(trainer, quality_log: Optional[Dict[str, List[tuple]]] = None) -> dict:
     """Rank the fold's training and validation cases by the final QAM's score; add the AUC against the manifest.
 
     Also lists each case's mean weight (and mean score) over the batches of the second half of training, from
-    ``quality_log`` (default: the trainer's own; under DDP the caller passes all ranks' logs merged).
+    ``quality_log`` (default: the trainer's own; under DDP the caller passes all ranks' logs merged), and, with a
+    manifest, how the weights of clean and corrupted cases moved over training (``quality_over_training``).
     """
     quality_log = trainer.quality_log if quality_log is None else quality_log
     training_keys, validation_keys = trainer.do_split()
@@ -122,6 +153,7 @@ def write_training_ranking(trainer, quality_log: Optional[Dict[str, List[tuple]]
             summary[f'auc_{split}'] = separation_auc({r['case']: r['score'] for r in in_split}, corrupted)
             weighted = {r['case']: r['mean_weight'] for r in in_split if r['mean_weight'] is not None}
             summary[f'auc_{split}_mean_weight'] = separation_auc(weighted, corrupted)
+        summary['over_training'] = quality_over_training(quality_log, corrupted, training_keys, trainer.num_epochs)
     write_ranking(rows, trainer.output_folder, summary=summary)
     trainer.print_to_log_file(f'QAM quality ranking written to {RANKING_NAME}.csv/.json; {summary}')
     return summary
