@@ -5,8 +5,10 @@ the memory target, not the image, bounds the patch: nnU-Net's default network un
 calibrated by ``RAS_REFERENCE_CALIBRATION``), both at nnU-Net's default target of 8 GB.
 
 The CT, its data set and both plans are those of ``bench/full_ct_inference.py`` (made here if missing). Peak memory
-is measured as in ``bench/bench_network.py``: the peak resident size during the timed step minus the size before it,
-each network in a fresh process. Resumable: a measured network is kept in ``--out`` (``--force`` to redo).
+is measured as in ``bench/bench_network.py``: the peak resident size during the steps minus the size before them,
+and the tensor peak (the bytes PyTorch's tensors hold at most during one step), each network in a fresh process with
+glibc's allocator as it is. The quotient of the planner's estimates and of the measured memory is the calibration
+that gives both plans the same memory. Resumable: a measured network is kept in ``--out`` (``--force`` to redo).
 
     python bench/planner_memory.py [--iterations 1]
 """
@@ -22,6 +24,7 @@ sys.path.insert(0, ROOT)
 
 from bench.bench_network import _measure_in_subprocess  # noqa: E402
 from bench.full_ct_inference import DATASET, make_data, model_folders  # noqa: E402
+from nnunet_ras.planning.planner import RAS_REFERENCE_CALIBRATION  # noqa: E402
 
 PAIRS = [('nnU-Net default', 'nnUNetPlans', 'default'), ('RAS U-Net', 'nnUNetRASPlans', 'RAS_own_plans')]
 
@@ -43,7 +46,7 @@ def main() -> int:
         result_file = os.path.join(args.out, f'{plans}.json')
         if not os.path.isfile(result_file) or args.force:
             plans_file = os.path.join(args.work, 'preprocessed', DATASET, f'{plans}.json')
-            result = _measure_in_subprocess(plans_file, dataset_json, network, args.iterations)
+            result = _measure_in_subprocess(plans_file, dataset_json, network, args.iterations, 'glibc')
             with open(result_file + '.partial', 'w') as f:
                 json.dump(result, f, indent=1)
             os.replace(result_file + '.partial', result_file)
@@ -52,18 +55,25 @@ def main() -> int:
     print(f"\nFull-size CT data set (512 x 512 x 134, 0.72 x 0.59 x 2.5 mm), one training step, {os.cpu_count()} CPU "
           f"threads, float32\n")
     print('| network, plans | spacing of the plans | patch x batch | voxels per step | s / step | peak memory MB | '
-          'planner estimate |')
-    print('|---|---|---|---|---|---|---|')
+          'tensor peak MB | planner estimate |')
+    print('|---|---|---|---|---|---|---|---|')
     for network, r in rows.items():
         with open(os.path.join(args.work, 'preprocessed', DATASET, r['plans'] + '.json')) as f:
             spacing = json.load(f)['configurations']['3d_fullres']['spacing']
         voxels = r['batch_size'] * int(np.prod(r['patch_size']))
         print(f"| {network}, {r['plans']} | {' x '.join(f'{s:.2f}' for s in spacing)} | "
               f"{'x'.join(map(str, r['patch_size']))} x {r['batch_size']} | {voxels / 1e6:.2f} M | "
-              f"{r['seconds_per_iteration']:.1f} | {r['peak_rss_mb']:.0f} | {r['planner_estimate']} |")
+              f"{r['seconds_per_iteration']:.1f} | {r['peak_rss_mb']:.0f} | {r['tensor_peak_mb']:.0f} | "
+              f"{r['planner_estimate']} |")
     ras, default = rows['RAS U-Net'], rows['nnU-Net default']
-    print(f"\nRAS / default: memory {ras['peak_rss_mb'] / default['peak_rss_mb']:.2f}x, planner estimate "
-          f"{ras['planner_estimate'] / default['planner_estimate']:.2f}x")
+    estimate = ras['planner_estimate'] / default['planner_estimate']
+    for measure in ('peak_rss_mb', 'tensor_peak_mb'):
+        memory = ras[measure] / default[measure]
+        # a RAS estimate unit costs (memory / estimate) default units: reference values scaled by estimate / memory
+        # let a RAS plan take the default plan's memory
+        print(f"\nRAS / default by {measure}: memory {memory:.2f}x at a planner estimate {estimate:.2f}x; the "
+              f"calibration giving both plans the same memory: {estimate:.2f} / {memory:.2f} = "
+              f"{estimate / memory:.2f} (RAS_REFERENCE_CALIBRATION is {RAS_REFERENCE_CALIBRATION})")
     return 0
 
 
