@@ -37,6 +37,7 @@ from nnunet_ras_bench_trainers import (NOISY_LABELS, SCHEDULES_VARIABLE, SEEDS_V
                                        schedule_name)
 
 METHODS = {'baseline': 'nnUNetTrainer', 'QAM': 'nnUNetTrainerQAM_NoOCM', 'QAM+OCM': 'nnUNetTrainerQAM',
+           'QAM+OCM-lambda2': 'nnUNetTrainerQAM_OCMLambda2',
            'small-loss': 'nnUNetTrainerSmallLoss', 'small-loss-50': 'nnUNetTrainerSmallLoss_Forget50'}
 DEFAULT_METHODS = ['baseline', 'QAM', 'QAM+OCM']
 DEFAULT_SCHEDULE = 'x'.join(map(str, NOISY_LABELS))  # EPOCHSxITERATIONS

@@ -24,7 +24,8 @@ from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAu
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_ras.training import (nnUNetTrainerHybrid25D, nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM, nnUNetTrainerRAS,
+from nnunet_ras.training import (nnUNetTrainerHybrid25D, nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM,
+                                 nnUNetTrainerQAM_OCMLambda2, nnUNetTrainerRAS,
                                  nnUNetTrainerRAS_DiceCE, nnUNetTrainerRAS_LRDEHL, nnUNetTrainerRAS_NoAttention,
                                  nnUNetTrainerRAS_NoDropout, nnUNetTrainerRAS_NoSeparable,
                                  nnUNetTrainerRAS_SquaredDice, nnUNetTrainerResSEUNet, nnUNetTrainerSEUNet,
@@ -134,9 +135,10 @@ BENCH_SCHEDULES = {
     nnUNetTrainerRAS_LRDEHL: [FINE_TUNE],
     **{trainer: [BENCH, NOISY_LABELS] for trainer in (nnUNetTrainer, nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM,
                                                       nnUNetTrainerSmallLoss, nnUNetTrainerSmallLoss_Forget50)},
+    nnUNetTrainerQAM_OCMLambda2: [NOISY_LABELS],  # bench/noisy_labels.py only: the OCM's bound as the variable
 }
 _EXTRA_SCHEDULES = {parse_schedule(s) for s in os.environ.get(SCHEDULES_VARIABLE, '').split()}
-for _trainer in (*COMPARED, nnUNetTrainerRAS_LRDEHL):
+for _trainer in (*COMPARED, nnUNetTrainerRAS_LRDEHL, nnUNetTrainerQAM_OCMLambda2):
     BENCH_SCHEDULES[_trainer] = sorted(set(BENCH_SCHEDULES[_trainer]) | _EXTRA_SCHEDULES)
 
 _CLASSES = {name: type(name, (Resumable, cls), {'__module__': __name__, '__qualname__': name, '__doc__': cls.__doc__})
