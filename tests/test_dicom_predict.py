@@ -263,15 +263,39 @@ def test_step_size_sets_how_many_tiles_the_window_takes(trained, tmp_path, monke
     assert not os.path.exists(tmp_path / 'out')
 
 
+def test_bf16_is_offered_only_where_the_cpu_computes_it_natively(tmp_path):
+    """oneDNN says bfloat16 is supported on any AVX512 CPU, where it is emulated and slower than float32: the CPU's
+    own flags decide."""
+    from nnunet_ras.dicom import DicomError
+    from nnunet_ras.dicom.predict import check_bf16, native_bf16
+    x86 = 'processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512vl{}\nbugs\t\t: spectre_v1\n'
+    arm = 'processor\t: 0\nFeatures\t: fp asimd sve{}\nCPU implementer\t: 0x41\n'
+    for text, expected in ((x86.format(''), False), (x86.format(' avx512_bf16'), True),
+                           (x86.format(' amx_bf16 amx_tile'), True), (arm.format(''), False),
+                           (arm.format(' bf16 i8mm'), True), ('bugs\t\t: avx512_bf16 named elsewhere\n', None)):
+        path = tmp_path / 'cpuinfo'
+        path.write_text(text)
+        if expected is None:  # no flags line: oneDNN's own test decides
+            import torch
+            expected = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        assert native_bf16(str(path)) is expected, text
+    assert native_bf16(str(tmp_path / 'missing')) in (True, False)
+    if native_bf16():  # this machine: --bf16 accepted exactly where native
+        check_bf16('cpu')
+    else:
+        with pytest.raises(DicomError, match='no native bfloat16'):
+            check_bf16('cpu')
+    with pytest.raises(DicomError, match='on the CPU'):
+        check_bf16('cuda')
+
+
 def test_bf16_and_torch_resampling_speed_options(trained, tmp_path, monkeypatch):
     """--bf16 runs every tile in bfloat16, and nnU-Net accumulates the tiles as it does without (in its own dtype),
     close to float32's logits; --torch_resampling exports
     with nnU-Net's torch resampling; either way the label map on the input's grid is almost the same."""
     import torch
     from nnunet_ras.dicom.predict import _tile_counting_predictor, predict_probabilities, with_torch_resampling
-    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        pytest.skip('this CPU has no native bfloat16; --bf16 refuses to run on it')
-    ws, model = trained
+    ws, model = trained  # bfloat16 is computed on any CPU (emulated where not native), so this runs everywhere
     for key, value in ws.env.items():
         monkeypatch.setenv(key, value)
     image = sorted(glob.glob(ws.path('nnUNet_raw', 'Dataset990_TinyPhantom', 'imagesTs', '*_0000.nii.gz')))[0]
