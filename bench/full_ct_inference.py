@@ -211,6 +211,7 @@ def main() -> int:
     parser.add_argument('--timeout_s', type=float, default=1200, help='a run is stopped after this long')
     args = parser.parse_args()
     os.makedirs(args.work, exist_ok=True)
+    os.makedirs(args.out, exist_ok=True)
     series = make_data(args.work, args.slice_mm)
     models = model_folders(args.work, args.runs)
     setting = f"step{args.step_size:g}{'_tta' if args.tta else ''}{'_bf16' if args.bf16 else ''}" \
