@@ -104,10 +104,10 @@ def result_key(kind: str, schedule: str, row: str, what: str, seed: int = 0) -> 
 
 def _ranking_summary(folder: str) -> dict:
     """The QAM runs' ranking summary: 'auc_train' and 'over_training' (clean vs corrupted weights over training),
-    kept with the run's figures; empty for the other methods."""
+    kept with the run's figures; both None for the other methods."""
     path = os.path.join(folder, 'fold_0', 'quality_ranking.json')
     if not os.path.isfile(path):
-        return {}
+        return {'auc_train': None, 'quality_over_training': None}
     with open(path) as f:
         summary = json.load(f)['summary']
     return {'auc_train': summary.get('auc_train'), 'quality_over_training': summary.get('over_training')}
@@ -154,7 +154,6 @@ def run_jsrt(ws: Workspace, args, results: dict, results_path: str) -> None:
                                      os.path.join(folder, 'imagesTs'), os.path.join(folder, 'labelsTs'), '.png',
                                      args.deadline)
                 run['dice'] = run['dice'][structure]
-                run['auc_train'] = None
                 run.update(_ranking_summary(model_folder(ws, dataset_id, trainer, 'nnUNetBenchPlans', '2d')))
                 run['radius_px'] = radii
                 results[key] = run
@@ -181,7 +180,7 @@ def run_hippocampus(ws: Workspace, args, row: str, results: dict, results_path: 
         evaluation = evaluate_folder(os.path.join(SHARED_DATA, 'Dataset004_Hippocampus', 'labelsTr'), validation,
                                      '.nii.gz', {'anterior': 1, 'posterior': 2}, cases=cases)
         run = {'train_s': seconds, 'dice': {k: v['DSC']['mean'] for k, v in evaluation['summary'].items()},
-               'n_cases': len(cases), 'auc_train': None, **_ranking_summary(folder)}
+               'n_cases': len(cases), **_ranking_summary(folder)}
         results[key] = run
         _save(results, results_path)
         print(key, run['dice'], run['auc_train'], flush=True)

@@ -24,6 +24,7 @@ sys.path.insert(0, ROOT)
 
 from bench.bench_network import _measure_in_subprocess  # noqa: E402
 from bench.full_ct_inference import DATASET, make_data, model_folders  # noqa: E402
+from nnunet_ras._io import write_json_atomically  # noqa: E402
 from nnunet_ras.planning.planner import RAS_REFERENCE_CALIBRATION  # noqa: E402
 
 PAIRS = [('nnU-Net default', 'nnUNetPlans', 'default'), ('RAS U-Net', 'nnUNetRASPlans', 'RAS_own_plans')]
@@ -46,10 +47,8 @@ def main() -> int:
         result_file = os.path.join(args.out, f'{plans}.json')
         if not os.path.isfile(result_file) or args.force:
             plans_file = os.path.join(args.work, 'preprocessed', DATASET, f'{plans}.json')
-            result = _measure_in_subprocess(plans_file, dataset_json, network, args.iterations, 'glibc')
-            with open(result_file + '.partial', 'w') as f:
-                json.dump(result, f, indent=1)
-            os.replace(result_file + '.partial', result_file)
+            write_json_atomically(result_file, _measure_in_subprocess(plans_file, dataset_json, network,
+                                                                      args.iterations, 'glibc'))
         with open(result_file) as f:
             rows[network] = {**json.load(f), 'plans': plans}
     print(f"\nFull-size CT data set (512 x 512 x 134, 0.72 x 0.59 x 2.5 mm), one training step, {os.cpu_count()} CPU "

@@ -138,7 +138,7 @@ BENCH_SCHEDULES = {
     nnUNetTrainerQAM_OCMLambda2: [NOISY_LABELS],  # bench/noisy_labels.py only: the OCM's bound as the variable
 }
 _EXTRA_SCHEDULES = {parse_schedule(s) for s in os.environ.get(SCHEDULES_VARIABLE, '').split()}
-for _trainer in (*COMPARED, nnUNetTrainerRAS_LRDEHL, nnUNetTrainerQAM_OCMLambda2):
+for _trainer in BENCH_SCHEDULES:
     BENCH_SCHEDULES[_trainer] = sorted(set(BENCH_SCHEDULES[_trainer]) | _EXTRA_SCHEDULES)
 
 _CLASSES = {name: type(name, (Resumable, cls), {'__module__': __name__, '__qualname__': name, '__doc__': cls.__doc__})
