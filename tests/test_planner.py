@@ -47,8 +47,33 @@ def test_ct_plans_follow_the_paper(workspace):
         assert config['architecture']['network_class_name'] == 'nnunet_ras.networks.ras_unet.RASUNet'
         assert config['architecture']['arch_kwargs']['intensity_window'] == [[-150.0, 150.0]]
     assert list(plans['configurations']['3d_fullres']['spacing']) == [3.0, 1.0, 1.0]
+    _check_torch_resampling(plans)
     overwritten = _plan(993, overwrite_target_spacing=[2.0, 0.8, 0.8], plans_name='nnUNetRASPlans_custom')
     assert list(overwritten['configurations']['3d_fullres']['spacing']) == [2.0, 0.8, 0.8]
+
+
+def _check_torch_resampling(plans: dict) -> None:
+    """The plans' resampling is nnU-Net's torch resampling under its anisotropy rule: a CT at 2.5 x 0.6 x 0.7 mm
+    goes to the plans' 3 x 1 x 1 mm close to nnU-Net's default (cubic in-plane) result, nearest between slices, and
+    a label map keeps its labels."""
+    from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape, resample_data_or_seg_to_shape
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    manager = PlansManager(plans).get_configuration('3d_fullres')
+    assert manager.configuration['resampling_fn_data'] == 'resample_torch_fornnunet'
+    assert manager.configuration['resampling_fn_seg'] == 'resample_torch_fornnunet'
+    assert manager.configuration['resampling_fn_probabilities'] == 'resample_torch_fornnunet'
+    spacing, target = [2.5, 0.6, 0.7], manager.spacing
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in (24, 80, 72)], indexing='ij')
+    ct = (40 + 60 * np.sin(3 * x) * np.cos(2 * y) + 20 * z).astype(np.float32)[None]  # smooth soft-tissue HU
+    shape = compute_new_shape(ct.shape[1:], spacing, target)
+    ours = manager.resampling_fn_data(ct, shape, spacing, target)
+    default = resample_data_or_seg_to_shape(ct, shape, spacing, target, is_seg=False, order=3, order_z=0)
+    assert ours.shape == default.shape == (1, *shape)
+    assert np.abs(ours - default).mean() < 1  # HU, of a 60 HU pattern: the same grid, another interpolation order
+    body = y ** 2 + x ** 2 < 0.8
+    label = (body * (1 + (x > 0))).astype(np.int8)[None]
+    resampled = manager.resampling_fn_seg(label, shape, spacing, target)
+    assert set(np.unique(resampled)) == {0, 1, 2}
 
 
 @pytest.mark.shared_data

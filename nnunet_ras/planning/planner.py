@@ -6,6 +6,11 @@
 * the network is RAS U-Net, and patch and batch size are fitted to the memory budget with its own feature-map
   estimate (``RASUNet.compute_conv_feature_map_size``), against reference values calibrated from RAS U-Net's measured
   memory (``RAS_REFERENCE_CALIBRATION``), so that RAS plans use what nnU-Net's default plans use at the same budget;
+* images and labels are resampled to the plans' grid, and the network's output back to the image's, with nnU-Net's
+  torch resampling (``resample_torch_fornnunet``, that of its ``*_torchres`` planners) under nnU-Net's own rule for
+  anisotropic data (in-plane linear, nearest between slices when one spacing is over 3x the others): on a full-size
+  abdominal CT 0.1 s instead of 5.5 s for scikit-image's cubic in-plane resampling, in training and at every
+  prediction alike, so the model sees at inference what it was trained on;
 * CT channels are planned with ``NoNormalization`` and windowed inside the network (clip to [-150, 150] HU, scale to
   [-1, 1]), so stock ``nnUNetv2_predict`` needs nothing from this package but the network class; other channels
   keep nnU-Net's normalisation.
@@ -17,6 +22,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.preprocessing.resampling.resample_torch import resample_torch_fornnunet
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunet_ras.networks.ras_unet import RAS_KWARGS_REQUIRING_IMPORT, RAS_UNET_CLASS_NAME, RASUNet, \
@@ -79,6 +85,18 @@ class nnUNetPlannerRAS(ExperimentPlanner):
             if is_ct_channel(name):
                 schemes[i], use_mask[i] = 'NoNormalization', False
         return schemes, use_mask
+
+    @staticmethod
+    def _torch_resampling(is_seg: bool) -> dict:
+        # force_separate_z None: nnU-Net's anisotropy rule decides, as in its default (scikit-image) resampling
+        return {'is_seg': is_seg, 'force_separate_z': None, 'memefficient_seg_resampling': False}
+
+    def determine_resampling(self, *args, **kwargs):
+        return (resample_torch_fornnunet, self._torch_resampling(False),
+                resample_torch_fornnunet, self._torch_resampling(True))
+
+    def determine_segmentation_softmax_export_fn(self, *args, **kwargs):
+        return resample_torch_fornnunet, self._torch_resampling(False)
 
     @staticmethod
     def static_estimate_VRAM_usage(patch_size: Tuple[int], input_channels: int, output_channels: int,
