@@ -143,7 +143,7 @@ def add_model_arguments(p: argparse.ArgumentParser, default: str = '') -> None:
     p.add_argument('--torch_resampling', action='store_true',
                    help="resample the network's output back to the CT with nnU-Net's torch resampling (that of its "
                         "*_torchres planners) instead of the plans' scikit-image one: about 10 x faster for a "
-                        "full-size CT; the network's input is unchanged")
+                        "full-size CT; the network's input is unchanged (plans from nnUNetPlannerRAS resample with torch already)")
 
 
 def add_dicom_commands(subparsers) -> None:
