@@ -20,8 +20,8 @@ from torch import nn
 
 from nnunet_ras.cli import main
 from nnunet_ras.dataset_checks import DatasetError
-from nnunet_ras.networks.quality import (QualityAssessmentNet, one_hot_label, overfitting_control,
-                                         quality_weights)
+from nnunet_ras.networks.quality import (QualityAssessmentNet, image_gradient_magnitude, one_hot_label,
+                                         overfitting_control, quality_weights)
 from nnunet_ras.quality.ranking import corrupted_cases, quality_over_training, separation_auc
 from nnunet_ras.quality.scoring import score_folder
 
@@ -166,12 +166,14 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_toy_problem_wrong_label_gets_less_weight(one_thread):
+@pytest.mark.parametrize('gradient_channels', [0, 1], ids=['published QAM', 'with image gradient'])
+def test_toy_problem_wrong_label_gets_less_weight(one_thread, gradient_channels):
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     seg = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
                         nn.Conv2d(8, 2, 1))
-    qam = QualityAssessmentNet(nn.Conv2d, 1 + 2, (8, 16))
+    qam = QualityAssessmentNet(nn.Conv2d, 1 + 2, (8, 16), image_gradient_channels=gradient_channels)
+    assert qam.features[0].in_channels == 3 + gradient_channels
     optimizer = torch.optim.Adam([*seg.parameters(), *qam.parameters()], lr=1e-2)
 
     def weights(image, target):
@@ -188,6 +190,22 @@ def test_toy_problem_wrong_label_gets_less_weight(one_thread):
     clean = final[:, [0, 1, 3]]
     assert torch.all(final[:, 2] < 1) and torch.all(final[:, 2] < clean.mean(1)), final
     assert torch.all(final.max(1).values / final.min(1).values <= math.exp(2) * (1 + 1e-5))  # the OCM's bound
+
+
+def test_image_gradient_magnitude_marks_edges_only():
+    step = torch.zeros(1, 1, 6, 8)
+    step[..., 4:] = 3.0  # a vertical edge between columns 3 and 4
+    magnitude = image_gradient_magnitude(step)
+    assert magnitude.shape == step.shape
+    assert torch.allclose(magnitude[..., [3, 4]], torch.tensor(1.5))  # central differences: 3 / 2
+    assert torch.all(magnitude[..., [0, 1, 2, 5, 6, 7]] == 0)
+    ramp = torch.arange(5.).view(1, 1, 1, 5).expand(2, 1, 4, 5) * torch.tensor([1., 2.]).view(2, 1, 1, 1)
+    slopes = torch.tensor([1., 2.]).view(2, 1, 1, 1).expand_as(ramp)
+    assert torch.allclose(image_gradient_magnitude(ramp), slopes)  # one per sample, everywhere, borders included
+    diagonal = torch.arange(4.).view(1, 1, 4, 1, 1) + torch.arange(4.).view(1, 1, 1, 4, 1) + torch.zeros(1, 1, 1, 1, 3)
+    assert torch.allclose(image_gradient_magnitude(diagonal), torch.tensor(math.sqrt(2)))  # 3D, slope 1 along z, y
+    flat_z = step[:, :, None]  # (1, 1, 1, 6, 8): a size-1 axis has no derivative
+    assert torch.equal(image_gradient_magnitude(flat_z), magnitude[:, :, None])
 
 
 # ------------------------------------------------------------------------------------- through a real trainer
@@ -212,6 +230,33 @@ def test_train_step_updates_qam(nnunet_env):
     assert not any(k.startswith('qam') for k in trainer.network.state_dict())
     logged = [entry for entries in trainer.quality_log.values() for entry in entries]
     assert len(logged) == 2 * batch['data'].shape[0] and all(np.isfinite(w) for _, _, w in logged)
+
+
+def test_image_gradient_qam_trains_saves_and_scores(nnunet_env):
+    from nnunet_ras.quality.scoring import QualityModel
+    from nnunet_ras.training import nnUNetTrainerQAM_OCMLambda2_ImageGradient
+    trainer = _trainer(nnunet_env, nnUNetTrainerQAM_OCMLambda2_ImageGradient, '2d')
+    heads = trainer.label_manager.num_segmentation_heads
+    channels = trainer.num_input_channels
+    assert trainer.qam.image_gradient_channels == channels
+    assert trainer.qam.features[0].in_channels == 2 * channels + heads
+    batches = _batches(trainer)
+    initial = trainer.qam.features[0].weight.detach().clone()
+    for _ in range(2):
+        assert np.isfinite(trainer.train_step(next(batches))['loss'])
+    moved = (trainer.qam.features[0].weight - initial).abs().sum((0, 2, 3))
+    assert moved[channels] > 0, 'no gradient reached the weights of the gradient-magnitude input'
+    trainer.save_checkpoint(os.path.join(trainer.output_folder, 'checkpoint_final.pth'))
+    for name in ('plans.json', 'dataset.json'):
+        shutil.copy(nnunet_env.path('nnUNet_preprocessed', NAME, 'nnUNetPlans.json' if name == 'plans.json' else name),
+                    os.path.join(trainer.output_folder_base, name))
+    model = QualityModel(trainer.output_folder_base, '0')  # what ``nnunet-ras quality`` builds from the checkpoint
+    assert model.qam.image_gradient_channels == channels and model.ocm_lambda == 2.0
+    batch = next(batches)
+    labels = one_hot_label(batch['target'][0], heads, False)
+    trainer.qam.eval()
+    with torch.no_grad():
+        assert torch.allclose(model.qam(batch['data'], labels), trainer.qam(batch['data'], labels), atol=1e-6)
 
 
 def test_2d_batch_with_empty_labels_gives_finite_loss(nnunet_env):

@@ -25,7 +25,8 @@ from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMu
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ras.training import (nnUNetTrainerHybrid25D, nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM,
-                                 nnUNetTrainerQAM_OCMLambda2, nnUNetTrainerRAS,
+                                 nnUNetTrainerQAM_OCMLambda2, nnUNetTrainerQAM_OCMLambda2_ImageGradient,
+                                 nnUNetTrainerRAS,
                                  nnUNetTrainerRAS_DiceCE, nnUNetTrainerRAS_LRDEHL, nnUNetTrainerRAS_NoAttention,
                                  nnUNetTrainerRAS_NoDropout, nnUNetTrainerRAS_NoSeparable,
                                  nnUNetTrainerRAS_SquaredDice, nnUNetTrainerResSEUNet, nnUNetTrainerSEUNet,
@@ -135,7 +136,8 @@ BENCH_SCHEDULES = {
     nnUNetTrainerRAS_LRDEHL: [FINE_TUNE],
     **{trainer: [BENCH, NOISY_LABELS] for trainer in (nnUNetTrainer, nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM,
                                                       nnUNetTrainerSmallLoss, nnUNetTrainerSmallLoss_Forget50)},
-    nnUNetTrainerQAM_OCMLambda2: [NOISY_LABELS],  # bench/noisy_labels.py only: the OCM's bound as the variable
+    # bench/noisy_labels.py only: the OCM's bound, the QAM's input as the variables
+    **{trainer: [NOISY_LABELS] for trainer in (nnUNetTrainerQAM_OCMLambda2, nnUNetTrainerQAM_OCMLambda2_ImageGradient)},
 }
 _EXTRA_SCHEDULES = {parse_schedule(s) for s in os.environ.get(SCHEDULES_VARIABLE, '').split()}
 for _trainer in BENCH_SCHEDULES:

@@ -51,7 +51,7 @@ class QualityModel:
         self.num_channels = len(self.dataset_json.get('channel_names', self.dataset_json.get('modality', {})))
         conv_op = convert_dim_to_conv_op(len(self.configuration_manager.patch_size))
         self.qam = QualityAssessmentNet(conv_op, self.num_channels + self.label_manager.num_segmentation_heads,
-                                        quality['features_per_stage'])
+                                        quality['features_per_stage'], quality.get('image_gradient_channels', 0))
         self.qam.load_state_dict(quality['weights'])
         self.qam.to(device).eval()
         self.ocm_lambda = quality['ocm_lambda']

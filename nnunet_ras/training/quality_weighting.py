@@ -72,17 +72,20 @@ class QualityWeighting:
         ocm_lambda: the OCM's bound; ``None`` switches the OCM off (plain QAM).
         qam_features: the QAM's width per stage; its length is the QAM's depth.
         qam_learning_rate: Adam learning rate of the QAM.
+        qam_image_gradient: the QAM also sees the image's gradient magnitude (``QualityAssessmentNet``).
     """
     ocm_lambda: Optional[float] = 1.0
     qam_features: Sequence[int] = (16, 32, 64, 128)
     qam_learning_rate: float = 1e-3
+    qam_image_gradient: bool = False
 
     def initialize(self):
         super().initialize()
         conv_op = convert_dim_to_conv_op(len(self.configuration_manager.patch_size))
         # the bare module: what the checkpoint, the training-end ranking and scoring use
         self.qam = QualityAssessmentNet(conv_op, self.num_input_channels + self.label_manager.num_segmentation_heads,
-                                        self.qam_features).to(self.device)
+                                        self.qam_features,
+                                        self.num_input_channels if self.qam_image_gradient else 0).to(self.device)
         self.qam_optimizer = torch.optim.Adam(self.qam.parameters(), lr=self.qam_learning_rate)
         # what training calls: the same module, under DDP in its wrapper
         self.training_qam = self.synchronised(self.qam)
@@ -184,6 +187,7 @@ class QualityWeighting:
         checkpoint = torch.load(filename, map_location='cpu', weights_only=False)
         checkpoint[CHECKPOINT_KEY] = {'weights': self.qam.state_dict(), 'optimizer': self.qam_optimizer.state_dict(),
                                       'features_per_stage': list(self.qam_features), 'ocm_lambda': self.ocm_lambda,
+                                      'image_gradient_channels': self.qam.image_gradient_channels,
                                       'log': log}
         write_atomically(filename, lambda temporary: torch.save(checkpoint, temporary))
 
@@ -218,6 +222,11 @@ class nnUNetTrainerQAM_NoOCM(nnUNetTrainerQAM):
 class nnUNetTrainerQAM_OCMLambda2(nnUNetTrainerQAM):
     """A looser OCM: weights may differ by up to e^4 (about 55x) instead of e^2 (about 7.4x)."""
     ocm_lambda = 2.0
+
+
+class nnUNetTrainerQAM_OCMLambda2_ImageGradient(nnUNetTrainerQAM_OCMLambda2):
+    """OCM lambda 2 and a QAM that also sees the image's gradient magnitude, for labels a few pixels off."""
+    qam_image_gradient = True
 
 
 class nnUNetTrainerQAM_SmallQAM(nnUNetTrainerQAM):
