@@ -247,9 +247,9 @@ def test_image_gradient_qam_trains_saves_and_scores(nnunet_env):
     moved = (trainer.qam.features[0].weight - initial).abs().sum((0, 2, 3))
     assert moved[channels] > 0, 'no gradient reached the weights of the gradient-magnitude input'
     trainer.save_checkpoint(os.path.join(trainer.output_folder, 'checkpoint_final.pth'))
-    for name in ('plans.json', 'dataset.json'):
-        shutil.copy(nnunet_env.path('nnUNet_preprocessed', NAME, 'nnUNetPlans.json' if name == 'plans.json' else name),
-                    os.path.join(trainer.output_folder_base, name))
+    preprocessed = nnunet_env.path('nnUNet_preprocessed', NAME)  # what nnU-Net copies at the start of training
+    shutil.copy(os.path.join(preprocessed, 'nnUNetPlans.json'), os.path.join(trainer.output_folder_base, 'plans.json'))
+    shutil.copy(os.path.join(preprocessed, 'dataset.json'), trainer.output_folder_base)
     model = QualityModel(trainer.output_folder_base, '0')  # what ``nnunet-ras quality`` builds from the checkpoint
     assert model.qam.image_gradient_channels == channels and model.ocm_lambda == 2.0
     batch = next(batches)
