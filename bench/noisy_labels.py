@@ -33,6 +33,7 @@ from common import (JSRT_STRUCTURES, ROOT, SHARED_DATA, OutOfBudget, Workspace, 
                     link_hippocampus, make_jsrt_datasets, model_folder, train_and_test)
 
 from nnunet_ras._io import write_json_atomically
+from nnunet_ras.quality.ranking import MANIFEST_NAME, separation_auc
 from nnunet_ras_bench_trainers import (NOISY_LABELS, SCHEDULES_VARIABLE, SEEDS_VARIABLE, parse_schedule,
                                        schedule_name)
 
@@ -103,15 +104,45 @@ def result_key(kind: str, schedule: str, row: str, what: str, seed: int = 0) -> 
     return f'{kind}|{schedule}|{row}|{what}{f"|seed{seed}" if seed else ""}'
 
 
-def _ranking_summary(folder: str) -> dict:
-    """The QAM runs' ranking summary: 'auc_train' and 'over_training' (clean vs corrupted weights over training),
-    kept with the run's figures; both None for the other methods."""
+def corruption_breakdown(ranking: dict, manifest: dict) -> dict:
+    """ROC AUC of a final training-case ranking per kind of corruption, against all clean training cases: which
+    corruptions the QAM finds and which it misses. Kinds are operation x radius band, the two smallest radii of the
+    manifest's range against the rest ('erode 3-4', 'erode 5-7' for 3-7 px); a case with several corrupted labels
+    counts under each label's kind. -> {kind: {'cases': n, 'auc': x}}, kinds sorted."""
+    low, high = manifest['radius_range']
+    bands = [(low, min(low + 1, high))] + ([(low + 2, high)] if high >= low + 2 else [])
+    scores = {r['case']: r['score'] for r in ranking['cases'] if r.get('split') == 'train'}
+    kinds = {}
+    for case, entry in manifest['cases'].items():
+        if case not in scores or not entry['corrupted']:
+            continue
+        for label in entry['labels'].values():
+            if label.get('operation') is None:
+                continue
+            band = bands[0] if label['radius'] <= bands[0][1] else bands[-1]
+            kinds.setdefault(f"{label['operation']} {band[0]}-{band[1]}", set()).add(case)
+    clean = {c: False for c, e in manifest['cases'].items() if c in scores and not e['corrupted']}
+    return {kind: {'cases': len(cases), 'auc': separation_auc(scores, {**clean, **{c: True for c in cases}})}
+            for kind, cases in sorted(kinds.items())}
+
+
+def _ranking_summary(folder: str, raw_folder: str = None) -> dict:
+    """The QAM runs' ranking summary: 'auc_train', 'over_training' (clean vs corrupted weights over training) and,
+    with the data set's corruption manifest, 'auc_by_corruption', kept with the run's figures; all None for the
+    other methods."""
     path = os.path.join(folder, 'fold_0', 'quality_ranking.json')
     if not os.path.isfile(path):
-        return {'auc_train': None, 'quality_over_training': None}
+        return {'auc_train': None, 'quality_over_training': None, 'auc_by_corruption': None}
     with open(path) as f:
-        summary = json.load(f)['summary']
-    return {'auc_train': summary.get('auc_train'), 'quality_over_training': summary.get('over_training')}
+        ranking = json.load(f)
+    manifest_path = os.path.join(raw_folder or '', MANIFEST_NAME)
+    breakdown = None
+    if raw_folder and os.path.isfile(manifest_path):
+        with open(manifest_path) as f:
+            breakdown = corruption_breakdown(ranking, json.load(f))
+    summary = ranking['summary']
+    return {'auc_train': summary.get('auc_train'), 'quality_over_training': summary.get('over_training'),
+            'auc_by_corruption': breakdown}
 
 
 def _save(results: dict, path: str) -> None:
@@ -155,7 +186,8 @@ def run_jsrt(ws: Workspace, args, results: dict, results_path: str) -> None:
                                      os.path.join(folder, 'imagesTs'), os.path.join(folder, 'labelsTs'), '.png',
                                      args.deadline)
                 run['dice'] = run['dice'][structure]
-                run.update(_ranking_summary(model_folder(ws, dataset_id, trainer, 'nnUNetBenchPlans', '2d')))
+                run.update(_ranking_summary(model_folder(ws, dataset_id, trainer, 'nnUNetBenchPlans', '2d'),
+                                             ws.dataset_folder(dataset_id)))
                 run['radius_px'] = radii
                 results[key] = run
                 _save(results, results_path)
@@ -181,7 +213,7 @@ def run_hippocampus(ws: Workspace, args, row: str, results: dict, results_path: 
         evaluation = evaluate_folder(os.path.join(SHARED_DATA, 'Dataset004_Hippocampus', 'labelsTr'), validation,
                                      '.nii.gz', {'anterior': 1, 'posterior': 2}, cases=cases)
         run = {'train_s': seconds, 'dice': {k: v['DSC']['mean'] for k, v in evaluation['summary'].items()},
-               'n_cases': len(cases), **_ranking_summary(folder)}
+               'n_cases': len(cases), **_ranking_summary(folder, ws.dataset_folder(dataset_id))}
         results[key] = run
         _save(results, results_path)
         print(key, run['dice'], run['auc_train'], flush=True)
