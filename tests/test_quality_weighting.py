@@ -20,10 +20,10 @@ from torch import nn
 
 from nnunet_ras.cli import main
 from nnunet_ras.dataset_checks import DatasetError
-from nnunet_ras.networks.quality import (QualityAssessmentNet, image_gradient_magnitude, one_hot_label,
-                                         overfitting_control, quality_weights)
+from nnunet_ras.networks.quality import QualityAssessmentNet, image_gradient_magnitude
 from nnunet_ras.quality.ranking import corrupted_cases, quality_over_training, separation_auc
 from nnunet_ras.quality.scoring import score_folder
+from nnunet_ras.quality.weighting import label_channels, overfitting_control, quality_weights
 
 DATASET = '991'
 NAME = 'Dataset991_TinyNoisy'
@@ -72,7 +72,7 @@ def test_weights_sum_to_batch_size_and_start_equal():
     torch.manual_seed(0)
     qam = QualityAssessmentNet(nn.Conv3d, 1 + 3, (4, 8))
     image = torch.randn(5, 1, 8, 16, 16)
-    labels = one_hot_label(torch.randint(0, 3, (5, 1, 8, 16, 16)), 3, False)
+    labels = label_channels(torch.randint(0, 3, (5, 1, 8, 16, 16)), 3, False)
     assert labels.shape == (5, 3, 8, 16, 16) and torch.all(labels.sum(1) == 1)
     for ocm_lambda in (None, 1.0):
         weights = quality_weights(overfitting_control(qam(image, labels), ocm_lambda))
@@ -80,8 +80,18 @@ def test_weights_sum_to_batch_size_and_start_equal():
     for scores in (torch.randn(7) * 3, torch.tensor([50., -50., 0.])):
         assert math.isclose(float(quality_weights(scores).sum()), len(scores), rel_tol=1e-5)
     # ignore label (the largest label, no channel) and negative values: no crash, zero / background channels
-    odd = one_hot_label(torch.tensor([0, 1, 2, 3, -1]).view(1, 1, 5), 3, False)
+    odd = label_channels(torch.tensor([0, 1, 2, 3, -1]).view(1, 1, 5), 3, False)
     assert odd[0].T.tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0], [1, 0, 0]]
+
+
+def test_old_quality_names_warn_and_give_the_moved_helpers():
+    import nnunet_ras.networks.quality as old
+    for name, helper in (('one_hot_label', label_channels), ('overfitting_control', overfitting_control),
+                         ('quality_weights', quality_weights)):
+        with pytest.warns(DeprecationWarning, match='nnunet_ras.quality.weighting'):
+            assert getattr(old, name) is helper
+    with pytest.raises(AttributeError):
+        old.no_such_name
 
 
 def test_patches_without_contour_keep_weight_one():
@@ -177,7 +187,7 @@ def test_toy_problem_wrong_label_gets_less_weight(one_thread, gradient_channels)
     optimizer = torch.optim.Adam([*seg.parameters(), *qam.parameters()], lr=1e-2)
 
     def weights(image, target):
-        return quality_weights(overfitting_control(qam(image, one_hot_label(target, 2, False)), 1.0))
+        return quality_weights(overfitting_control(qam(image, label_channels(target, 2, False)), 1.0))
 
     for step in range(60):
         image, target = _discs(gen, corrupt=step % 4)
@@ -253,7 +263,7 @@ def test_image_gradient_qam_trains_saves_and_scores(nnunet_env):
     model = QualityModel(trainer.output_folder_base, '0')  # what ``nnunet-ras quality`` builds from the checkpoint
     assert model.qam.image_gradient_channels == channels and model.ocm_lambda == 2.0
     batch = next(batches)
-    labels = one_hot_label(batch['target'][0], heads, False)
+    labels = label_channels(batch['target'][0], heads, False)
     trainer.qam.eval()
     with torch.no_grad():
         assert torch.allclose(model.qam(batch['data'], labels), trainer.qam(batch['data'], labels), atol=1e-6)
