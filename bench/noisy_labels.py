@@ -117,7 +117,7 @@ def corruption_breakdown(ranking: dict, manifest: dict) -> dict:
         if case not in scores or not entry['corrupted']:
             continue
         for label in entry['labels'].values():
-            if label.get('operation') is None:
+            if label['operation'] == 'none':  # the label is absent in this case: nothing was corrupted
                 continue
             band = bands[0] if label['radius'] <= bands[0][1] else bands[-1]
             kinds.setdefault(f"{label['operation']} {band[0]}-{band[1]}", set()).add(case)
@@ -126,7 +126,7 @@ def corruption_breakdown(ranking: dict, manifest: dict) -> dict:
             for kind, cases in sorted(kinds.items())}
 
 
-def _ranking_summary(folder: str, raw_folder: str = None) -> dict:
+def _ranking_summary(folder: str, raw_folder: str) -> dict:
     """The QAM runs' ranking summary: 'auc_train', 'over_training' (clean vs corrupted weights over training) and,
     with the data set's corruption manifest, 'auc_by_corruption', kept with the run's figures; all None for the
     other methods."""
@@ -135,9 +135,9 @@ def _ranking_summary(folder: str, raw_folder: str = None) -> dict:
         return {'auc_train': None, 'quality_over_training': None, 'auc_by_corruption': None}
     with open(path) as f:
         ranking = json.load(f)
-    manifest_path = os.path.join(raw_folder or '', MANIFEST_NAME)
+    manifest_path = os.path.join(raw_folder, MANIFEST_NAME)
     breakdown = None
-    if raw_folder and os.path.isfile(manifest_path):
+    if os.path.isfile(manifest_path):
         with open(manifest_path) as f:
             breakdown = corruption_breakdown(ranking, json.load(f))
     summary = ranking['summary']
