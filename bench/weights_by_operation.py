@@ -52,6 +52,8 @@ def main() -> None:
     num_epochs = checkpoint['current_epoch']
     spans = weights_by_operation(checkpoint[CHECKPOINT_KEY]['log'], manifest, num_epochs, args.windows)
     operations = list(spans)
+    if not operations:
+        raise SystemExit(f'{args.raw_folder}/{MANIFEST_NAME}: no corrupted case, nothing to compare')
     print(f'{args.fold_folder}: {num_epochs} epochs\n')
     print('| epochs | clean weight | ' + ' | '.join(f'{o} weight | AUC clean vs {o}' for o in operations) + ' |')
     print('|---' * (2 + 2 * len(operations)) + '|')
