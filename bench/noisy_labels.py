@@ -40,6 +40,7 @@ from nnunet_ras_bench_trainers import (NOISY_LABELS, SCHEDULES_VARIABLE, SEEDS_V
 METHODS = {'baseline': 'nnUNetTrainer', 'QAM': 'nnUNetTrainerQAM_NoOCM', 'QAM+OCM': 'nnUNetTrainerQAM',
            'QAM+OCM-lambda2': 'nnUNetTrainerQAM_OCMLambda2',
            'QAM+OCM-lambda2+gradient': 'nnUNetTrainerQAM_OCMLambda2_ImageGradient',
+           'QAM+OCM-lambda2+gradient+warmup': 'nnUNetTrainerQAM_OCMLambda2_ImageGradient_WarmUp',
            'small-loss': 'nnUNetTrainerSmallLoss', 'small-loss-50': 'nnUNetTrainerSmallLoss_Forget50'}
 DEFAULT_METHODS = ['baseline', 'QAM', 'QAM+OCM']
 DEFAULT_SCHEDULE = 'x'.join(map(str, NOISY_LABELS))  # EPOCHSxITERATIONS

@@ -269,6 +269,29 @@ def test_image_gradient_qam_trains_saves_and_scores(nnunet_env):
         assert torch.allclose(model.qam(batch['data'], labels), trainer.qam(batch['data'], labels), atol=1e-6)
 
 
+def test_warmup_trains_unweighted_then_weights(nnunet_env):
+    """Warm-up: every weight 1 and a QAM that does not move while the network learns; then the weighting starts."""
+    from nnunet_ras.training import nnUNetTrainerQAM_OCMLambda2_ImageGradient_WarmUp
+    trainer = _trainer(nnunet_env, nnUNetTrainerQAM_OCMLambda2_ImageGradient_WarmUp, '2d')
+    start = round(0.2 * trainer.num_epochs)
+    assert start > 0 and not trainer.weighting
+    batches = _batches(trainer)
+    qam = {k: v.detach().clone() for k, v in trainer.qam.state_dict().items()}
+    network = {k: v.detach().clone() for k, v in trainer.network.state_dict().items()}
+    for _ in range(2):
+        assert np.isfinite(trainer.train_step(next(batches))['loss'])
+    assert all(torch.equal(v, qam[k]) for k, v in trainer.qam.state_dict().items()), 'the QAM learned in warm-up'
+    assert any(not torch.equal(v, network[k]) for k, v in trainer.network.state_dict().items())
+    assert {w for entries in trainer.quality_log.values() for _, _, w in entries} == {1.0}
+    trainer.current_epoch = start
+    assert trainer.weighting
+    trainer.quality_log.clear()
+    for _ in range(2):
+        trainer.train_step(next(batches))
+    assert not torch.equal(trainer.qam.score.weight, qam['score.weight']), 'the QAM did not start after warm-up'
+    assert {w for entries in trainer.quality_log.values() for _, _, w in entries} != {1.0}
+
+
 def test_2d_batch_with_empty_labels_gives_finite_loss(nnunet_env):
     from nnunet_ras.training import nnUNetTrainerRASQAM_1epoch_5iters
     from nnunet_ras import cpu_memory

@@ -26,6 +26,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ras.training import (nnUNetTrainerHybrid25D, nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM,
                                  nnUNetTrainerQAM_OCMLambda2, nnUNetTrainerQAM_OCMLambda2_ImageGradient,
+                                 nnUNetTrainerQAM_OCMLambda2_ImageGradient_WarmUp,
                                  nnUNetTrainerRAS,
                                  nnUNetTrainerRAS_DiceCE, nnUNetTrainerRAS_LRDEHL, nnUNetTrainerRAS_NoAttention,
                                  nnUNetTrainerRAS_NoDropout, nnUNetTrainerRAS_NoSeparable,
@@ -137,7 +138,8 @@ BENCH_SCHEDULES = {
     **{trainer: [BENCH, NOISY_LABELS] for trainer in (nnUNetTrainer, nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM,
                                                       nnUNetTrainerSmallLoss, nnUNetTrainerSmallLoss_Forget50)},
     # bench/noisy_labels.py only: the OCM's bound, the QAM's input as the variables
-    **{trainer: [NOISY_LABELS] for trainer in (nnUNetTrainerQAM_OCMLambda2, nnUNetTrainerQAM_OCMLambda2_ImageGradient)},
+    **{trainer: [NOISY_LABELS] for trainer in (nnUNetTrainerQAM_OCMLambda2, nnUNetTrainerQAM_OCMLambda2_ImageGradient,
+                                               nnUNetTrainerQAM_OCMLambda2_ImageGradient_WarmUp)},
 }
 _EXTRA_SCHEDULES = {parse_schedule(s) for s in os.environ.get(SCHEDULES_VARIABLE, '').split()}
 for _trainer in BENCH_SCHEDULES:

@@ -147,7 +147,8 @@ def write_training_ranking(trainer, quality_log: Optional[Dict[str, List[tuple]]
                 row['corrupted'] = corrupted.get(key)
             rows.append(row)
     summary = {'ocm_lambda': trainer.ocm_lambda, 'qam_features': list(trainer.qam_features),
-               'qam_image_gradient_channels': trainer.qam.image_gradient_channels}
+               'qam_image_gradient_channels': trainer.qam.image_gradient_channels,
+               'qam_warmup_fraction': trainer.qam_warmup_fraction}
     if corrupted is not None:
         for split in ('train', 'validation'):
             in_split = [r for r in rows if r['split'] == split]

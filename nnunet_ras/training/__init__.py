@@ -8,7 +8,9 @@ from nnunet_ras.training.baselines import (nnUNetTrainerHybrid25D, nnUNetTrainer
                                            nnUNetTrainerVNet)
 from nnunet_ras.training.quality_weighting import (nnUNetTrainerQAM, nnUNetTrainerQAM_NoOCM,
                                                    nnUNetTrainerQAM_OCMLambda2,
-                                                   nnUNetTrainerQAM_OCMLambda2_ImageGradient, nnUNetTrainerQAM_SmallQAM,
+                                                   nnUNetTrainerQAM_OCMLambda2_ImageGradient,
+                                                   nnUNetTrainerQAM_OCMLambda2_ImageGradient_WarmUp,
+                                                   nnUNetTrainerQAM_SmallQAM,
                                                    nnUNetTrainerRASQAM, nnUNetTrainerRASQAM_NoOCM)
 from nnunet_ras.training.small_loss import nnUNetTrainerSmallLoss, nnUNetTrainerSmallLoss_Forget50
 from nnunet_ras.training.schedules import *  # noqa: F401,F403  the short-schedule variants
@@ -18,7 +20,8 @@ from nnunet_ras.training.trainers import (nnUNetTrainerRAS, nnUNetTrainerRAS_Dic
 
 __all__ = ['nnUNetTrainerRAS', 'nnUNetTrainerRAS_DiceCE',
            'nnUNetTrainerQAM', 'nnUNetTrainerQAM_NoOCM', 'nnUNetTrainerQAM_OCMLambda2',
-           'nnUNetTrainerQAM_OCMLambda2_ImageGradient', 'nnUNetTrainerQAM_SmallQAM',
+           'nnUNetTrainerQAM_OCMLambda2_ImageGradient', 'nnUNetTrainerQAM_OCMLambda2_ImageGradient_WarmUp',
+           'nnUNetTrainerQAM_SmallQAM',
            'nnUNetTrainerRASQAM', 'nnUNetTrainerRASQAM_NoOCM', 'nnUNetTrainerSmallLoss', 'nnUNetTrainerSmallLoss_Forget50',
            'nnUNetTrainerSEUNet', 'nnUNetTrainerResSEUNet', 'nnUNetTrainerVNet', 'nnUNetTrainerHybrid25D',
            'nnUNetTrainerRAS_NoAttention', 'nnUNetTrainerRAS_NoSeparable', 'nnUNetTrainerRAS_NoDropout',

@@ -73,11 +73,14 @@ class QualityWeighting:
         qam_features: the QAM's width per stage; its length is the QAM's depth.
         qam_learning_rate: Adam learning rate of the QAM.
         qam_image_gradient: the QAM also sees the image's gradient magnitude (``QualityAssessmentNet``).
+        qam_warmup_fraction: the share of ``num_epochs`` trained unweighted (every weight 1, the QAM not learning)
+            before the weighting starts; 0 (Pick-and-Learn) weights from the first step.
     """
     ocm_lambda: Optional[float] = 1.0
     qam_features: Sequence[int] = (16, 32, 64, 128)
     qam_learning_rate: float = 1e-3
     qam_image_gradient: bool = False
+    qam_warmup_fraction: float = 0.0
 
     def initialize(self):
         super().initialize()
@@ -134,6 +137,11 @@ class QualityWeighting:
         batch_judged, _ = gather_across_ranks(judged.float())
         return quality_weights(batch_scores, judged=batch_judged > 0.5)[mine]
 
+    @property
+    def weighting(self) -> bool:
+        """Is the warm-up over (see ``qam_warmup_fraction``)? The same answer on every rank: it counts epochs."""
+        return self.current_epoch >= round(self.qam_warmup_fraction * self.num_epochs)
+
     def train_step(self, batch: dict) -> dict:
         data = batch['data'].to(self.device, non_blocking=True)
         target = batch['target']
@@ -148,8 +156,12 @@ class QualityWeighting:
             # scored after the segmentation loss, so that backward, which runs the latest operations first, does the
             # gather's and the QAM's exchanges between the ranks before the network's, in the same order on every rank
             scores = self.quality_scores(data, full_resolution).float()
-            weights = self.sample_weights(scores, self.holds_contour(full_resolution))
-            loss = (weights * losses).mean()
+            if self.weighting:
+                weights = self.sample_weights(scores, self.holds_contour(full_resolution))
+                loss = (weights * losses).mean()
+            else:  # warm-up: the QAM joins backward (and under DDP its all-reduce) with a zero gradient
+                weights = torch.ones_like(losses)
+                loss = losses.mean() + 0 * scores.sum()
         optimizers = (self.optimizer, self.qam_optimizer)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -227,6 +239,12 @@ class nnUNetTrainerQAM_OCMLambda2(nnUNetTrainerQAM):
 class nnUNetTrainerQAM_OCMLambda2_ImageGradient(nnUNetTrainerQAM_OCMLambda2):
     """OCM lambda 2 and a QAM that also sees the image's gradient magnitude, for labels a few pixels off."""
     qam_image_gradient = True
+
+
+class nnUNetTrainerQAM_OCMLambda2_ImageGradient_WarmUp(nnUNetTrainerQAM_OCMLambda2_ImageGradient):
+    """The image-gradient QAM, starting after a fifth of training: in its first epochs the network over-segments
+    and a dilated label has the lower loss, so a QAM that learns from the first step learns to prefer dilations."""
+    qam_warmup_fraction = 0.2
 
 
 class nnUNetTrainerQAM_SmallQAM(nnUNetTrainerQAM):
