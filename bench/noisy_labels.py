@@ -105,14 +105,15 @@ def result_key(kind: str, schedule: str, row: str, what: str, seed: int = 0) -> 
     return f'{kind}|{schedule}|{row}|{what}{f"|seed{seed}" if seed else ""}'
 
 
-def corruption_breakdown(ranking: dict, manifest: dict) -> dict:
+def corruption_breakdown(ranking: dict, manifest: dict, score: str = 'score') -> dict:
     """ROC AUC of a final training-case ranking per kind of corruption, against all clean training cases: which
     corruptions the QAM finds and which it misses. Kinds are operation x radius band, the two smallest radii of the
     manifest's range against the rest ('erode 3-4', 'erode 5-7' for 3-7 px); a case with several corrupted labels
-    counts under each label's kind. -> {kind: {'cases': n, 'auc': x}}, kinds sorted."""
+    counts under each label's kind. ``score``: the ranking's column ('score', the weight-averaged QAM's;
+    'score_final_qam', the last epoch's). -> {kind: {'cases': n, 'auc': x}}, kinds sorted."""
     low, high = manifest['radius_range']
     bands = [(low, min(low + 1, high))] + ([(low + 2, high)] if high >= low + 2 else [])
-    scores = {r['case']: r['score'] for r in ranking['cases'] if r.get('split') == 'train'}
+    scores = {r['case']: r[score] for r in ranking['cases'] if r.get('split') == 'train' and score in r}
     kinds = {}
     for case, entry in manifest['cases'].items():
         if case not in scores or not entry['corrupted']:
@@ -128,22 +129,29 @@ def corruption_breakdown(ranking: dict, manifest: dict) -> dict:
 
 
 def _ranking_summary(folder: str, raw_folder: str) -> dict:
-    """The QAM runs' ranking summary: 'auc_train', 'over_training' (clean vs corrupted weights over training) and,
-    with the data set's corruption manifest, 'auc_by_corruption', kept with the run's figures; all None for the
-    other methods."""
+    """The QAM runs' ranking summary: 'auc_train' (the weight-averaged QAM's ranking in runs that have one,
+    'qam_averaged_epochs' > 0; the last epoch's before), 'over_training' (clean vs corrupted weights over training)
+    and, with the data set's corruption manifest, 'auc_by_corruption', kept with the run's figures; with an average,
+    also the last epoch's QAM's 'auc_train_final_qam' and 'auc_by_corruption_final_qam'; all None for the other
+    methods."""
     path = os.path.join(folder, 'fold_0', 'quality_ranking.json')
     if not os.path.isfile(path):
         return {'auc_train': None, 'quality_over_training': None, 'auc_by_corruption': None}
     with open(path) as f:
         ranking = json.load(f)
     manifest_path = os.path.join(raw_folder, MANIFEST_NAME)
-    breakdown = None
+    breakdown = final_breakdown = None
     if os.path.isfile(manifest_path):
         with open(manifest_path) as f:
-            breakdown = corruption_breakdown(ranking, json.load(f))
+            manifest = json.load(f)
+        breakdown = corruption_breakdown(ranking, manifest)
+        final_breakdown = corruption_breakdown(ranking, manifest, 'score_final_qam')
     summary = ranking['summary']
+    averaged = summary.get('qam_averaged_epochs')
     return {'auc_train': summary.get('auc_train'), 'quality_over_training': summary.get('over_training'),
-            'auc_by_corruption': breakdown}
+            'auc_by_corruption': breakdown, 'qam_averaged_epochs': averaged,
+            **({'auc_train_final_qam': summary.get('auc_train_final_qam'),
+                'auc_by_corruption_final_qam': final_breakdown} if averaged else {})}
 
 
 def _save(results: dict, path: str) -> None:

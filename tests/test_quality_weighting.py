@@ -292,6 +292,43 @@ def test_warmup_trains_unweighted_then_weights(nnunet_env):
     assert {w for entries in trainer.quality_log.values() for _, _, w in entries} != {1.0}
 
 
+def test_ranking_qam_is_the_weight_average_of_the_last_epochs(nnunet_env):
+    """The QAM that ranks and scores is the mean of the last fifth of epochs' QAMs; it survives the checkpoint, and
+    ``nnunet-ras quality`` scores with it."""
+    from nnunet_ras.quality.scoring import QualityModel
+    from nnunet_ras.training import nnUNetTrainerQAM_OCMLambda2
+    trainer = _trainer(nnunet_env, nnUNetTrainerQAM_OCMLambda2, '2d')
+    trainer.num_epochs = 10  # the last 2 epochs are averaged
+    batches = _batches(trainer)
+    snapshots = []
+    for epoch in range(7, 10):
+        trainer.current_epoch = epoch
+        trainer.train_step(next(batches))
+        trainer.average_qam()
+        if epoch < 8:
+            assert int(trainer.qam_average.n_averaged) == 0 and trainer.ranking_qam is trainer.qam
+        else:
+            snapshots.append({k: v.detach().clone() for k, v in trainer.qam.state_dict().items()})
+    assert int(trainer.qam_average.n_averaged) == 2 and trainer.ranking_qam is not trainer.qam
+    average = trainer.ranking_qam.state_dict()
+    for name, value in average.items():
+        assert torch.allclose(value, (snapshots[0][name] + snapshots[1][name]) / 2, atol=1e-6), name
+    assert not torch.equal(average['score.weight'], trainer.qam.state_dict()['score.weight'])
+
+    trainer.save_checkpoint(os.path.join(trainer.output_folder, 'checkpoint_final.pth'))
+    resumed = _trainer(nnunet_env, nnUNetTrainerQAM_OCMLambda2, '2d')
+    resumed.load_checkpoint(os.path.join(trainer.output_folder, 'checkpoint_final.pth'))
+    assert int(resumed.qam_average.n_averaged) == 2
+    assert all(torch.equal(v, average[k]) for k, v in resumed.ranking_qam.state_dict().items())
+    assert all(torch.equal(v, snapshots[1][k]) for k, v in resumed.qam.state_dict().items())
+    preprocessed = nnunet_env.path('nnUNet_preprocessed', NAME)
+    shutil.copy(os.path.join(preprocessed, 'nnUNetPlans.json'), os.path.join(trainer.output_folder_base, 'plans.json'))
+    shutil.copy(os.path.join(preprocessed, 'dataset.json'), trainer.output_folder_base)
+    model = QualityModel(trainer.output_folder_base, '0')
+    assert model.averaged_epochs == 2
+    assert all(torch.equal(v, average[k]) for k, v in model.qam.state_dict().items())
+
+
 def test_2d_batch_with_empty_labels_gives_finite_loss(nnunet_env):
     from nnunet_ras.training import nnUNetTrainerRASQAM_1epoch_5iters
     from nnunet_ras import cpu_memory
@@ -404,6 +441,11 @@ def test_stock_chain_with_ras_qam(planned):
     ranking = json.load(open(os.path.join(fold, 'quality_ranking.json')))
     auc = ranking['summary']['auc_train']  # the data set has a corruption manifest
     assert isinstance(auc, float) and 0 <= auc <= 1
+    # one epoch: the weight average holds that epoch's QAM alone, so it ranks as the final QAM does
+    assert ranking['summary']['qam_averaged_epochs'] == quality['averaged_epochs'] == 1
+    assert all(torch.equal(v, quality['weights'][k]) for k, v in quality['average_weights'].items())
+    assert ranking['summary']['auc_train_final_qam'] == auc
+    assert all(r['score'] == r['score_final_qam'] for r in ranking['cases'])
     (span,) = ranking['summary']['over_training']  # one epoch: one span, with the weights of its batches' cases
     assert (span['first_epoch'], span['last_epoch']) == (0, 0)
     weights = [span['mean_weight_clean'], span['mean_weight_corrupted']]

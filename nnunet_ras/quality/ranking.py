@@ -124,7 +124,9 @@ def quality_over_training(quality_log: Dict[str, List[tuple]], corrupted: Dict[s
 
 
 def write_training_ranking(trainer, quality_log: Optional[Dict[str, List[tuple]]] = None) -> dict:
-    """Rank the fold's training and validation cases by the final QAM's score; add the AUC against the manifest.
+    """Rank the fold's training and validation cases by the score of the trainer's ``ranking_qam`` (the weight
+    average of the last epochs' QAMs) and, for comparison, of the last epoch's QAM; add the AUCs against the
+    manifest.
 
     Also lists each case's mean weight (and mean score) over the batches of the second half of training, from
     ``quality_log`` (default: the trainer's own; under DDP the caller passes all ranks' logs merged), and, with a
@@ -135,24 +137,31 @@ def write_training_ranking(trainer, quality_log: Optional[Dict[str, List[tuple]]
     dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, training_keys + validation_keys)
     corrupted = corrupted_cases(trainer.plans_manager.dataset_name)
     half = trainer.num_epochs // 2
+    # the weight-averaged QAM ranks; the last epoch's is scored too, to show what the averaging changed
+    qams = {'score': trainer.ranking_qam, 'score_final_qam': trainer.qam}
     rows = []
     for split, keys in (('train', training_keys), ('validation', validation_keys)):
         for key in keys:
             data, seg, _, _ = dataset.load_case(key)
-            score = score_case(trainer.qam, trainer.ocm_lambda, np.asarray(data, dtype=np.float32), np.asarray(seg),
-                               trainer.label_manager, trainer.configuration_manager.patch_size, trainer.device)
-            row = {'case': key, 'split': split, 'score': score,
+            data, seg = np.asarray(data, dtype=np.float32), np.asarray(seg)
+            row = {'case': key, 'split': split,
+                   **{name: score_case(qam, trainer.ocm_lambda, data, seg, trainer.label_manager,
+                                       trainer.configuration_manager.patch_size, trainer.device)
+                      for name, qam in qams.items()},
                    **_logged_means(quality_log.get(key, ()), half)}
             if corrupted is not None:
                 row['corrupted'] = corrupted.get(key)
             rows.append(row)
     summary = {'ocm_lambda': trainer.ocm_lambda, 'qam_features': list(trainer.qam_features),
                'qam_image_gradient_channels': trainer.qam.image_gradient_channels,
-               'qam_warmup_fraction': trainer.qam_warmup_fraction}
+               'qam_warmup_fraction': trainer.qam_warmup_fraction,
+               'qam_averaged_epochs': int(trainer.qam_average.n_averaged)}
     if corrupted is not None:
         for split in ('train', 'validation'):
             in_split = [r for r in rows if r['split'] == split]
             summary[f'auc_{split}'] = separation_auc({r['case']: r['score'] for r in in_split}, corrupted)
+            summary[f'auc_{split}_final_qam'] = separation_auc({r['case']: r['score_final_qam'] for r in in_split},
+                                                               corrupted)
             weighted = {r['case']: r['mean_weight'] for r in in_split if r['mean_weight'] is not None}
             summary[f'auc_{split}_mean_weight'] = separation_auc(weighted, corrupted)
         summary['over_training'] = quality_over_training(quality_log, corrupted, training_keys, trainer.num_epochs)

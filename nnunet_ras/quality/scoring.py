@@ -52,7 +52,9 @@ class QualityModel:
         conv_op = convert_dim_to_conv_op(len(self.configuration_manager.patch_size))
         self.qam = QualityAssessmentNet(conv_op, self.num_channels + self.label_manager.num_segmentation_heads,
                                         quality['features_per_stage'], quality.get('image_gradient_channels', 0))
-        self.qam.load_state_dict(quality['weights'])
+        # the weight-averaged QAM where the checkpoint has one (``qam_average_fraction``), else the last epoch's
+        self.averaged_epochs = int(quality.get('averaged_epochs') or 0)
+        self.qam.load_state_dict(quality['average_weights'] if self.averaged_epochs else quality['weights'])
         self.qam.to(device).eval()
         self.ocm_lambda = quality['ocm_lambda']
         self.device = device
@@ -129,6 +131,7 @@ def score_folder(images_dir: str, segs_dir: str, model_folder: str, fold: str = 
     os.makedirs(output_folder, exist_ok=True)
     write_ranking(rows, output_folder, SCORES_NAME,
                   summary={'model_folder': os.path.abspath(model_folder), 'checkpoint': model.checkpoint_path,
-                           'ocm_lambda': model.ocm_lambda, 'images': os.path.abspath(images_dir),
+                           'ocm_lambda': model.ocm_lambda, 'qam_averaged_epochs': model.averaged_epochs,
+                           'images': os.path.abspath(images_dir),
                            'segmentations': os.path.abspath(segs_dir)})
     return sorted(rows, key=lambda r: r['score'])

@@ -27,6 +27,7 @@ from nnunetv2.utilities.ddp_allgather import AllGatherGrad
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, distributed, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 
 from nnunet_ras._io import write_atomically
 from nnunet_ras.networks.quality import QualityAssessmentNet
@@ -75,12 +76,20 @@ class QualityWeighting:
         qam_image_gradient: the QAM also sees the image's gradient magnitude (``QualityAssessmentNet``).
         qam_warmup_fraction: the share of ``num_epochs`` trained unweighted (every weight 1, the QAM not learning)
             before the weighting starts; 0 (Pick-and-Learn) weights from the first step.
+        qam_average_fraction: the QAM that ranks the training cases at the end and scores new contours
+            (``nnunet-ras quality``) is the mean of its weights at the end of each of the last this share of epochs
+            (stochastic weight averaging: Izmailov et al., "Averaging Weights Leads to Wider Optima and Better
+            Generalization", UAI 2018); 0 takes the last epoch's QAM. Training itself is unchanged: the weights of
+            the loss come from the QAM as it learns. Why: the QAM only has to order the samples within each batch,
+            so how one snapshot orders all cases moves from epoch to epoch, much more than the weights over many
+            batches do.
     """
     ocm_lambda: Optional[float] = 1.0
     qam_features: Sequence[int] = (16, 32, 64, 128)
     qam_learning_rate: float = 1e-3
     qam_image_gradient: bool = False
     qam_warmup_fraction: float = 0.0
+    qam_average_fraction: float = 0.2
 
     def initialize(self):
         super().initialize()
@@ -92,6 +101,8 @@ class QualityWeighting:
         self.qam_optimizer = torch.optim.Adam(self.qam.parameters(), lr=self.qam_learning_rate)
         # what training calls: the same module, under DDP in its wrapper
         self.training_qam = self.synchronised(self.qam)
+        # the weight average of the last epochs' QAMs (``qam_average_fraction``); identical on every rank
+        self.qam_average = AveragedModel(self.qam)
         # case identifier -> [(epoch, score after OCM, weight)] for every time the case was in this rank's batch
         self.quality_log: QualityLog = {}
 
@@ -141,6 +152,26 @@ class QualityWeighting:
     def weighting(self) -> bool:
         """Is the warm-up over (see ``qam_warmup_fraction``)? The same answer on every rank: it counts epochs."""
         return self.current_epoch >= round(self.qam_warmup_fraction * self.num_epochs)
+
+    @property
+    def averaging(self) -> bool:
+        """Does the epoch now ending count towards the QAM's weight average (``qam_average_fraction``)?"""
+        window = round(self.qam_average_fraction * self.num_epochs)
+        return self.qam_average_fraction > 0 and self.current_epoch >= self.num_epochs - max(window, 1)
+
+    def average_qam(self) -> None:
+        """Add the QAM as it is now to the weight average, if this epoch is in the averaging window."""
+        if self.averaging:
+            self.qam_average.update_parameters(self.qam)
+
+    @property
+    def ranking_qam(self) -> QualityAssessmentNet:
+        """The QAM that ranks and scores: the weight average once it holds an epoch, else the QAM itself."""
+        return self.qam_average.module if int(self.qam_average.n_averaged) > 0 else self.qam
+
+    def on_epoch_end(self):
+        self.average_qam()  # before nnU-Net's epoch end, whose checkpoints must hold this epoch's average
+        super().on_epoch_end()
 
     def train_step(self, batch: dict) -> dict:
         data = batch['data'].to(self.device, non_blocking=True)
@@ -200,7 +231,8 @@ class QualityWeighting:
         checkpoint[CHECKPOINT_KEY] = {'weights': self.qam.state_dict(), 'optimizer': self.qam_optimizer.state_dict(),
                                       'features_per_stage': list(self.qam_features), 'ocm_lambda': self.ocm_lambda,
                                       'image_gradient_channels': self.qam.image_gradient_channels,
-                                      'log': log}
+                                      'average_weights': self.ranking_qam.state_dict(),
+                                      'averaged_epochs': int(self.qam_average.n_averaged), 'log': log}
         write_atomically(filename, lambda temporary: torch.save(checkpoint, temporary))
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
@@ -212,6 +244,9 @@ class QualityWeighting:
         if quality is not None:
             self.qam.load_state_dict(quality['weights'])
             self.qam_optimizer.load_state_dict(quality['optimizer'])
+            if quality.get('averaged_epochs'):  # checkpoints before the averaging hold no average
+                self.qam_average.module.load_state_dict(quality['average_weights'])
+                self.qam_average.n_averaged.fill_(quality['averaged_epochs'])
             # the saved log holds all ranks' entries: rank 0 carries them on, so that the next merge counts them once
             self.quality_log = quality['log'] if self.local_rank == 0 else {}
 
