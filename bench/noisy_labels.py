@@ -131,7 +131,8 @@ def corruption_breakdown(ranking: dict, manifest: dict, score: str = 'score') ->
 def _ranking_summary(folder: str, raw_folder: str) -> dict:
     """The QAM runs' ranking summary: 'auc_train' (the weight-averaged QAM's ranking in runs that have one,
     'qam_averaged_epochs' > 0; the last epoch's before), 'over_training' (clean vs corrupted weights over training)
-    and, with the data set's corruption manifest, 'auc_by_corruption', kept with the run's figures; with an average,
+    and, with the data set's corruption manifest, 'auc_by_corruption' and 'auc_train_mean_weight' (the cases
+    ranked by their mean loss weight over the second half of training), kept with the run's figures; with an average,
     also the last epoch's QAM's 'auc_train_final_qam' and 'auc_by_corruption_final_qam'; all None for the other
     methods."""
     path = os.path.join(folder, 'fold_0', 'quality_ranking.json')
@@ -150,6 +151,7 @@ def _ranking_summary(folder: str, raw_folder: str) -> dict:
     averaged = summary.get('qam_averaged_epochs')
     return {'auc_train': summary.get('auc_train'), 'quality_over_training': summary.get('over_training'),
             'auc_by_corruption': breakdown, 'qam_averaged_epochs': averaged,
+            'auc_train_mean_weight': summary.get('auc_train_mean_weight'),
             **({'auc_train_final_qam': summary.get('auc_train_final_qam'),
                 'auc_by_corruption_final_qam': final_breakdown} if averaged else {})}
 
