@@ -113,7 +113,7 @@ def corruption_breakdown(ranking: dict, manifest: dict, score: str = 'score') ->
     'score_final_qam', the last epoch's). -> {kind: {'cases': n, 'auc': x}}, kinds sorted."""
     low, high = manifest['radius_range']
     bands = [(low, min(low + 1, high))] + ([(low + 2, high)] if high >= low + 2 else [])
-    scores = {r['case']: r[score] for r in ranking['cases'] if r.get('split') == 'train' and score in r}
+    scores = {r['case']: r[score] for r in ranking['cases'] if r.get('split') == 'train'}
     kinds = {}
     for case, entry in manifest['cases'].items():
         if case not in scores or not entry['corrupted']:
@@ -141,14 +141,15 @@ def _ranking_summary(folder: str, raw_folder: str) -> dict:
     with open(path) as f:
         ranking = json.load(f)
     manifest_path = os.path.join(raw_folder, MANIFEST_NAME)
+    summary = ranking['summary']
+    averaged = summary.get('qam_averaged_epochs')
     breakdown = final_breakdown = None
     if os.path.isfile(manifest_path):
         with open(manifest_path) as f:
             manifest = json.load(f)
         breakdown = corruption_breakdown(ranking, manifest)
-        final_breakdown = corruption_breakdown(ranking, manifest, 'score_final_qam')
-    summary = ranking['summary']
-    averaged = summary.get('qam_averaged_epochs')
+        if averaged:
+            final_breakdown = corruption_breakdown(ranking, manifest, 'score_final_qam')
     return {'auc_train': summary.get('auc_train'), 'quality_over_training': summary.get('over_training'),
             'auc_by_corruption': breakdown, 'qam_averaged_epochs': averaged,
             'auc_train_mean_weight': summary.get('auc_train_mean_weight'),

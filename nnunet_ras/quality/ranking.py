@@ -137,8 +137,11 @@ def write_training_ranking(trainer, quality_log: Optional[Dict[str, List[tuple]]
     dataset = trainer.dataset_class(trainer.preprocessed_dataset_folder, training_keys + validation_keys)
     corrupted = corrupted_cases(trainer.plans_manager.dataset_name)
     half = trainer.num_epochs // 2
-    # the weight-averaged QAM ranks; the last epoch's is scored too, to show what the averaging changed
-    qams = {'score': trainer.ranking_qam, 'score_final_qam': trainer.qam}
+    # the weight-averaged QAM ranks; the last epoch's is scored too, where it is another network, to show what the
+    # averaging changed
+    qams = {'score': trainer.ranking_qam}
+    if trainer.ranking_qam is not trainer.qam:
+        qams['score_final_qam'] = trainer.qam
     rows = []
     for split, keys in (('train', training_keys), ('validation', validation_keys)):
         for key in keys:
@@ -149,6 +152,7 @@ def write_training_ranking(trainer, quality_log: Optional[Dict[str, List[tuple]]
                                        trainer.configuration_manager.patch_size, trainer.device)
                       for name, qam in qams.items()},
                    **_logged_means(quality_log.get(key, ()), half)}
+            row.setdefault('score_final_qam', row['score'])
             if corrupted is not None:
                 row['corrupted'] = corrupted.get(key)
             rows.append(row)

@@ -228,11 +228,12 @@ class QualityWeighting:
         if self.local_rank != 0:
             return
         checkpoint = torch.load(filename, map_location='cpu', weights_only=False)
+        averaged = int(self.qam_average.n_averaged)
         checkpoint[CHECKPOINT_KEY] = {'weights': self.qam.state_dict(), 'optimizer': self.qam_optimizer.state_dict(),
                                       'features_per_stage': list(self.qam_features), 'ocm_lambda': self.ocm_lambda,
                                       'image_gradient_channels': self.qam.image_gradient_channels,
-                                      'average_weights': self.ranking_qam.state_dict(),
-                                      'averaged_epochs': int(self.qam_average.n_averaged), 'log': log}
+                                      'average_weights': self.qam_average.module.state_dict() if averaged else None,
+                                      'averaged_epochs': averaged, 'log': log}
         write_atomically(filename, lambda temporary: torch.save(checkpoint, temporary))
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
